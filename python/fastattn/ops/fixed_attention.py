@@ -82,6 +82,9 @@ def _backward(ctx, grad_out, _grad_lse):
     return grad_logits, grad_v, None
 
 
-torch.library.register_autograd(
-    "fastattn::fixed_attention_forward", _backward, setup_context=_setup_context
-)
+def _double_backward(ctx, *grads):
+    raise NotImplementedError("fixed_attention does not support double backward (create_graph=True)")
+
+
+torch.library.register_autograd("fastattn::fixed_attention_forward", _backward, setup_context=_setup_context)
+torch.library.register_autograd("fastattn::fixed_attention_backward", _double_backward)
