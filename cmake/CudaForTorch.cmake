@@ -28,8 +28,6 @@ endif()
 
 # Set before enable_language so CMake's compiler check does not pick its own default.
 set(CMAKE_CUDA_ARCHITECTURES ${FASTATTN_CUDA_ARCHS})
-set(CMAKE_CUDA_STANDARD 17)
-set(CMAKE_CUDA_STANDARD_REQUIRED ON)
 enable_language(CUDA)
 find_package(CUDAToolkit REQUIRED)
 set(FASTATTN_BUILT_WITH_CUDA_PY True)
