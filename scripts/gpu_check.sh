@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# Everything fastattn checks on a GPU, in one call: build in place against the installed
+# torch, run the test suite (the CUDA tests run there), compute-sanitizer memcheck and
+# racecheck over the CUDA kernel tests, then the benchmarks.
+#
+#   scripts/gpu_check.sh [LOG_DIR]     (default: $OUT, else ./gpu-logs)
+#
+# Needs torch with CUDA, nvcc, cmake, ninja, scikit-build-core, pytest and hypothesis
+# already installed (no package registry is assumed). FASTATTN_CUDA_ARCHS picks the
+# architectures (default: this GPU's only, for a fast build).
+set -uo pipefail
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+logs="${1:-${OUT:-$root/gpu-logs}}"
+mkdir -p "$logs"
+cd "$root"
+python=${PYTHON:-python3}
+status=0
+step() {  # step NAME COMMAND...: run, log to LOG_DIR/NAME.log, remember failures
+  local name=$1; shift
+  echo "=== $name: $*"
+  local begin=$SECONDS
+  if "$@" > "$logs/$name.log" 2>&1; then echo "    ok ($((SECONDS - begin)) s)"; else
+    echo "    FAILED ($((SECONDS - begin)) s), last lines of $logs/$name.log:"; tail -n 30 "$logs/$name.log"; status=1; fi
+}
+
+arch=$("$python" -c "import torch; print(''.join(map(str, torch.cuda.get_device_capability())))")
+nvidia-smi > "$logs/nvidia-smi.txt" 2>&1
+step build env FASTATTN_CUDA=ON FASTATTN_WERROR=ON FASTATTN_CUDA_ARCHS="${FASTATTN_CUDA_ARCHS:-$arch}" \
+  "$python" -m pip install --no-build-isolation --no-deps --force-reinstall -v .
+step tests "$python" -m pytest -p no:cacheprovider -ra tests
+# The sanitizers slow every kernel a hundredfold: run the CUDA cases without compile.
+kernel_tests=(-p no:cacheprovider -q -x tests/test_fixed_attention.py -k "cuda and not compile and not random_shapes")
+step memcheck compute-sanitizer --tool memcheck --error-exitcode 1 "$python" -m pytest "${kernel_tests[@]}"
+step racecheck compute-sanitizer --tool racecheck --error-exitcode 1 "$python" -m pytest "${kernel_tests[@]}"
+for dtype in bfloat16 float16; do
+  step "bench_fixed_attention_$dtype" "$python" bench/fixed_attention.py --device cuda --dtype "$dtype" \
+    --markdown "$logs/benchmarks.md"
+done
+exit $status
