@@ -26,6 +26,14 @@ if(NOT FASTATTN_WITH_CUDA)
   return()
 endif()
 
+# bfloat16 tensor-core products (WMMA) need compute capability 8.0 (Ampere) or newer.
+foreach(_arch ${FASTATTN_CUDA_ARCHS})
+  string(REGEX MATCH "^[0-9]+" _number "${_arch}")
+  if(_number LESS 80)
+    message(FATAL_ERROR "FASTATTN_CUDA_ARCHS: fastattn's CUDA kernels need architecture 80 or newer, got '${_arch}'")
+  endif()
+endforeach()
+
 # Set before enable_language so CMake's compiler check does not pick its own default.
 set(CMAKE_CUDA_ARCHITECTURES ${FASTATTN_CUDA_ARCHS})
 enable_language(CUDA)
