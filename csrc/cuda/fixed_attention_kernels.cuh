@@ -56,18 +56,21 @@ __global__ void __launch_bounds__(256) row_logsumexp_kernel(FixedAttentionParams
   const int lane = threadIdx.x % 32;
   const int64_t s = row / (p.heads * p.length), h = (row / p.length) % p.heads, i = row % p.length;
   const scalar_t* logit_row = logits + h * p.logits_stride_head + i * p.logits_stride_row;
-  math::SoftmaxState<float> state;
+  float row_max = -math::infinity<float>();
   for (int64_t j = lane; j < p.length; j += 32) {
-    if (!p.padded(s, j)) math::softmax_add(state, static_cast<float>(logit_row[j]));
+    if (!p.padded(s, j)) row_max = math::max_(row_max, static_cast<float>(logit_row[j]));
   }
 #pragma unroll
   for (int offset = 16; offset > 0; offset /= 2) {
-    math::SoftmaxState<float> other;
-    other.max = __shfl_xor_sync(0xffffffffu, state.max, offset);
-    other.sum = __shfl_xor_sync(0xffffffffu, state.sum, offset);
-    state = math::softmax_merge(state, other);
+    row_max = math::max_(row_max, __shfl_xor_sync(0xffffffffu, row_max, offset));
   }
-  if (lane == 0) lse[row] = math::softmax_lse(state);
+  float sum = 0.f;
+  for (int64_t j = lane; j < p.length; j += 32) {
+    if (!p.padded(s, j)) sum += math::shifted_exp(static_cast<float>(logit_row[j]), row_max);
+  }
+#pragma unroll
+  for (int offset = 16; offset > 0; offset /= 2) sum += __shfl_xor_sync(0xffffffffu, sum, offset);
+  if (lane == 0) lse[row] = math::softmax_lse(row_max, sum);
 }
 
 // Block (row tile, h, b * column tiles). TRANSPOSED: rows are keys j and the product runs
