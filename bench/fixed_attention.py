@@ -1,0 +1,158 @@
+"""Benchmark fastattn.ops.fixed_attention against what a user would run instead.
+
+For each sequence length T: forward and forward+backward medians of
+  fastattn   fastattn.ops.fixed_attention(logits (H, T, T), v (B, H, T, D))
+  reference  fastattn.reference.fixed_attention, the pure-PyTorch path, same dtype
+  sdpa       torch.nn.functional.scaled_dot_product_attention, full attention of the same shape
+  flex       FlexAttention (compiled) with score_mod returning logits[h, i, j] (CUDA only)
+  matmul     (CUDA only) the bare products the op needs: P V forward; P^T dO and
+             sum_b dO V^T backward, with P precomputed: the floor for this algorithm
+and the speed-ups of fastattn over each, plus its achieved FLOP rate.
+
+    python bench/fixed_attention.py --device cuda --dtype bfloat16 --markdown docs/benchmarks.md
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+
+from _timing import header, markdown_table, median_time, peak_memory
+
+import fastattn
+from fastattn import ops, reference
+
+
+def inputs(batch, heads, length, dim, device, dtype):
+    generator = torch.Generator().manual_seed(0)
+    logits = torch.randn(heads, length, length, generator=generator).to(device, dtype)
+    q, k, v = (torch.randn(batch, heads, length, dim, generator=generator).to(device, dtype) for _ in range(3))
+    return logits, q, k, v
+
+
+def forward_fns(logits, q, k, v, device) -> dict[str, Callable[..., torch.Tensor] | None]:
+    """Each variant as fn(*leaves) -> output, with the leaves it differentiates."""
+    fns = {
+        "fastattn": (lambda l, x: ops.fixed_attention(l, x), (logits, v)),
+        "reference": (lambda l, x: reference.fixed_attention(l, x), (logits, v)),
+        "sdpa": (lambda a, b, c: F.scaled_dot_product_attention(a, b, c), (q, k, v)),
+    }
+    if device == "cuda":
+        fns["flex"] = flex_attention_fn(logits, q, k, v)
+        probs = torch.softmax(logits.float(), -1).to(v.dtype)
+        fns["matmul"] = (lambda p, x: bare_products(p, x), (probs, v))
+    return fns
+
+
+def bare_products(probs, v):
+    """P V in the forward; its autograd runs P^T dO and dO V^T summed over the batch."""
+    return probs @ v
+
+
+def flex_attention_fn(logits, q, k, v):
+    try:
+        from torch.nn.attention.flex_attention import flex_attention
+    except ImportError as error:
+        print(f"flex: unavailable ({error})")
+        return None
+    compiled = torch.compile(flex_attention)
+
+    def fixed_weights(score, b, h, q_idx, kv_idx):
+        return logits_leaf[h, q_idx, kv_idx]
+
+    logits_leaf = logits
+
+    def run(l, a, b, c):
+        nonlocal logits_leaf
+        logits_leaf = l
+        return compiled(a, b, c, score_mod=fixed_weights)
+
+    return run, (logits, q, k, v)
+
+
+def time_variant(fn, leaves, device, warmup, reps):
+    """(forward s, forward+backward s, forward+backward peak bytes), or None where it failed."""
+    leaves = [leaf.detach().requires_grad_() for leaf in leaves]
+    grad_out = torch.randn_like(fn(*leaves))
+
+    def forward():
+        with torch.no_grad():
+            fn(*leaves)
+
+    def forward_backward():
+        torch.autograd.backward(fn(*leaves), grad_out)
+        for leaf in leaves:
+            leaf.grad = None
+
+    return (median_time(forward, warmup=warmup, reps=reps, device=device),
+            median_time(forward_backward, warmup=warmup, reps=reps, device=device),
+            peak_memory(forward_backward, device))
+
+
+def row_for_length(length, args):
+    logits, q, k, v = inputs(args.batch, args.heads, length, args.dim, args.device, args.dtype)
+    times = {}
+    for name, variant in forward_fns(logits, q, k, v, args.device).items():
+        if variant is None:
+            continue
+        try:
+            times[name] = time_variant(*variant, args.device, args.warmup, args.reps)
+        except (RuntimeError, MemoryError) as error:  # out of memory, or no kernel for this dtype
+            print(f"T={length} {name}: {str(error).splitlines()[0][:120]}")
+        if args.device == "cuda":
+            torch.cuda.empty_cache()
+    ours = times["fastattn"]
+    flops = 2 * args.batch * args.heads * length * length * args.dim  # P V; the backward has two more
+    row = {"T": length,
+           "fastattn fwd ms": f"{ours[0] * 1e3:.3f}", "fastattn fwd+bwd ms": f"{ours[1] * 1e3:.3f}",
+           "fwd GFLOP/s": f"{flops / ours[0] / 1e9:.0f}", "fwd+bwd GFLOP/s": f"{3 * flops / ours[1] / 1e9:.0f}"}
+    for name in ("reference", "sdpa", "flex"):
+        if args.device == "cuda" or name != "flex":
+            other = times.get(name)
+            row[f"vs {name} fwd"] = f"{other[0] / ours[0]:.2f}x" if other else "failed"
+            row[f"vs {name} fwd+bwd"] = f"{other[1] / ours[1]:.2f}x" if other else "failed"
+    if "matmul" in times:
+        row["fwd+bwd / bare matmul"] = f"{ours[1] / times['matmul'][1]:.2f}x"
+    if ours[2] is not None:
+        row["peak MiB fastattn / reference"] = (
+            f"{ours[2] / 2**20:.0f} / " + (f"{times['reference'][2] / 2**20:.0f}" if "reference" in times else "-"))
+    print(row)
+    return row
+
+
+def main():
+    cuda = torch.cuda.is_available() and fastattn.built_with_cuda
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", choices=["cpu", "cuda"], default="cuda" if cuda else "cpu", help="where to run")
+    parser.add_argument("--dtype", default=None,
+                        help="float32, float16 or bfloat16 (default: bfloat16 on CUDA, float32 on the CPU)")
+    parser.add_argument("--lengths", default=None,
+                        help="comma-separated T (default: 256..4096 on CUDA, 256..2048 on the CPU)")
+    parser.add_argument("--batch", type=int, default=8, help="B")
+    parser.add_argument("--heads", type=int, default=12, help="H")
+    parser.add_argument("--dim", type=int, default=64, help="D, the head dimension")
+    parser.add_argument("--warmup", type=int, default=None, help="untimed calls first (default: 10 CUDA, 1 CPU)")
+    parser.add_argument("--reps", type=int, default=None, help="timed calls, median reported (default: 30 CUDA, 3 CPU)")
+    parser.add_argument("--markdown", default=None, help="append the table to this Markdown file")
+    args = parser.parse_args()
+    on_cuda = args.device == "cuda"
+    args.dtype = getattr(torch, args.dtype or ("bfloat16" if on_cuda else "float32"))
+    lengths = args.lengths or ("256,512,1024,2048,4096" if on_cuda else "256,512,1024,2048")
+    args.warmup = args.warmup if args.warmup is not None else (10 if on_cuda else 1)
+    args.reps = args.reps if args.reps is not None else (30 if on_cuda else 3)
+
+    rows = [row_for_length(int(length), args) for length in lengths.split(",")]
+    settings = (f"{str(args.dtype).removeprefix('torch.')}, B={args.batch}, H={args.heads}, D={args.dim}; "
+                f"medians of {args.reps} after {args.warmup} warm-up; speed-ups are other time / fastattn time")
+    table = header("fixed_attention", args.device, settings) + "\n" + markdown_table(rows)
+    print("\n" + table)
+    if args.markdown:
+        with open(args.markdown, "a") as out:
+            out.write("\n" + table)
+
+
+if __name__ == "__main__":
+    main()
