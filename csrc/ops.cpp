@@ -12,4 +12,15 @@ TORCH_LIBRARY(fastattn, m) {
   m.def(
       "fixed_attention_backward(Tensor grad_out, Tensor logits, Tensor v, Tensor? key_padding_mask, "
       "Tensor out, Tensor lse) -> (Tensor grad_logits, Tensor grad_v)");
+
+  // LSH key selection (SPEC sections 1 to 3). Integer or non-differentiable outputs.
+  m.def(
+      "mips_transform(Tensor x, str scheme, str role, Tensor? key_padding_mask, Tensor? keys, int m, float U) "
+      "-> Tensor");
+  m.def(
+      "alsh_hash(Tensor x, str scheme, str role, Tensor projections, Tensor? key_padding_mask, Tensor? keys, "
+      "int m, float U) -> Tensor");
+  m.def(
+      "topk_keys(Tensor q_codes, Tensor k_codes, int L, Tensor? key_padding_mask, str mode, Tensor? q, Tensor? k, "
+      "int? n_bits) -> Tensor");
 }

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["fixed_attention"]
+__all__ = ["fixed_attention", "mips_transform", "alsh_hash", "topk_keys"]
 
 
 def fixed_attention(
@@ -27,3 +27,111 @@ def fixed_attention(
     has_key = ~torch.isneginf(scores).all(dim=-1, keepdim=True)
     probs = torch.softmax(scores.masked_fill(~has_key, 0.0), dim=-1) * has_key
     return probs @ v
+
+
+def _max_norm(x: torch.Tensor, key_padding_mask: torch.Tensor | None) -> torch.Tensor:
+    """Largest ||x_t|| per (batch, head) over non-padded t, shaped (B, H, 1, 1); 0 if none."""
+    norms = x.norm(dim=-1)
+    if key_padding_mask is not None:
+        norms = norms.masked_fill(key_padding_mask[:, None, :], 0)
+    if norms.shape[-1] == 0:
+        return norms.new_zeros(*norms.shape[:2], 1, 1)
+    return norms.amax(dim=-1)[..., None, None]
+
+
+def _safe_divide(x: torch.Tensor, n: torch.Tensor) -> torch.Tensor:
+    """x / n, with 0 where n is 0."""
+    return torch.where(n > 0, x / n.clamp_min(torch.finfo(x.dtype).tiny), torch.zeros_like(x))
+
+
+def mips_transform(x, scheme, role, *, key_padding_mask=None, keys=None, m=2, U=0.75):
+    """SPEC section 1, one scheme per branch. x (B, H, T, D) -> (B, H, T, D + e)."""
+    norm = x.norm(dim=-1, keepdim=True)
+    zero = torch.zeros_like(norm)
+
+    def sqrt0(value):
+        return value.clamp_min(0).sqrt()
+
+    if role == "query":
+        if scheme in ("sign_alsh", "simple_lsh"):
+            out = torch.cat([_safe_divide(x, norm)] + [zero] * (m if scheme == "sign_alsh" else 1), dim=-1)
+        elif scheme == "xbox":
+            out = torch.cat([x, zero], dim=-1)
+        elif scheme == "xbox_qnf":
+            M = _max_norm(keys, key_padding_mask)
+            out = torch.cat([x * _safe_divide(M.expand_as(norm), norm), zero], dim=-1)
+        elif scheme == "simple_alsh":
+            y = _safe_divide(x, _max_norm(x, key_padding_mask).expand_as(x))
+            out = torch.cat([y, zero, sqrt0(1 - y.square().sum(-1, keepdim=True))], dim=-1)
+        else:
+            raise ValueError(f"unknown scheme {scheme!r}")
+    else:
+        M = _max_norm(x, key_padding_mask)
+        if scheme == "sign_alsh":
+            y = _safe_divide(U * x, M.expand_as(x))
+            sq = y.square().sum(-1, keepdim=True)
+            out = torch.cat([y] + [0.5 - sq ** (2**r) for r in range(m)], dim=-1)
+        elif scheme in ("xbox", "xbox_qnf"):
+            out = torch.cat([x, sqrt0(M.square() - norm.square())], dim=-1)
+        elif scheme in ("simple_lsh", "simple_alsh"):
+            y = _safe_divide(x, M.expand_as(x))
+            tail = [sqrt0(1 - y.square().sum(-1, keepdim=True))] + ([zero] if scheme == "simple_alsh" else [])
+            out = torch.cat([y] + tail, dim=-1)
+        else:
+            raise ValueError(f"unknown scheme {scheme!r}")
+    out = out.masked_fill(norm == 0, 0)  # a zero vector maps to zeros
+    if key_padding_mask is not None:
+        out = out.masked_fill(key_padding_mask[:, None, :, None], 0)
+    return out
+
+
+def alsh_hash(x, scheme, role, projections, *, key_padding_mask=None, keys=None, m=2, U=0.75):
+    """SPEC section 2: signs of the projections of the transform, packed little-endian."""
+    transformed = mips_transform(x, scheme, role, key_padding_mask=key_padding_mask, keys=keys, m=m, U=U)
+    bits = (transformed @ projections.to(transformed.dtype).T > 0).long()  # (B, H, T, n_bits)
+    n_bits = bits.shape[-1]
+    words = -(-n_bits // 64)
+    bits = torch.nn.functional.pad(bits, (0, 64 * words - n_bits)).unflatten(-1, (words, 64))
+    # Distinct bits never carry, so the (wrapping) int64 sum is their OR.
+    return (bits << torch.arange(64, device=bits.device)).sum(-1)
+
+
+def _popcount(x: torch.Tensor) -> torch.Tensor:
+    """Set bits of each int64 element (the classic SWAR count, on wrapping int64)."""
+    x = x - ((x >> 1) & 0x5555555555555555)
+    x = (x & 0x3333333333333333) + ((x >> 2) & 0x3333333333333333)
+    x = (x + (x >> 4)) & 0x0F0F0F0F0F0F0F0F
+    return ((x * 0x0101010101010101) >> 56) & 0xFF
+
+
+def _bit_mask(words: int, n_bits: int, device) -> torch.Tensor:
+    """int64 mask per word of the first n_bits bits."""
+    masks = []
+    for w in range(words):
+        bits = min(max(n_bits - 64 * w, 0), 64)
+        masks.append(-1 if bits == 64 else (1 << bits) - 1)
+    return torch.tensor(masks, dtype=torch.int64, device=device)
+
+
+def topk_keys(q_codes, k_codes, L, *, key_padding_mask=None, mode="hamming", q=None, k=None, n_bits=None):
+    """SPEC section 3 by a dense (B, H, Tq, Tk) score matrix and two stable sorts."""
+    words = q_codes.shape[-1]
+    n_bits = 64 * words if n_bits is None else n_bits
+    differ = (q_codes[:, :, :, None, :] ^ k_codes[:, :, None, :, :]) & _bit_mask(words, n_bits, q_codes.device)
+    equal_bits = n_bits - _popcount(differ).sum(-1)  # (B, H, Tq, Tk)
+    if mode == "hamming":
+        score, valid = equal_bits.double(), torch.ones_like(equal_bits, dtype=torch.bool)
+    else:
+        score, valid = q.double() @ k.double().transpose(-1, -2), equal_bits == n_bits
+    if key_padding_mask is not None:
+        valid = valid & ~key_padding_mask[:, None, None, :]
+    score = score.masked_fill(~valid, float("-inf"))
+    Tq, Tk = score.shape[-2:]
+    i = torch.arange(Tq, device=score.device)[:, None]
+    j = torch.arange(Tk, device=score.device)[None, :]
+    tie_rank = 2 * (i - j).abs() + (j > i).long()  # distance order: i, i-1, i+1, i-2, ...
+    by_tie = torch.argsort(tie_rank, dim=-1, stable=True).expand_as(score)
+    by_score = torch.argsort(score.gather(-1, by_tie), dim=-1, descending=True, stable=True)
+    order = by_tie.gather(-1, by_score)
+    chosen = torch.where(valid.gather(-1, order), order, -1)[..., :L]
+    return torch.nn.functional.pad(chosen, (0, L - chosen.shape[-1]), value=-1).int()

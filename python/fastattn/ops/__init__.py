@@ -5,5 +5,6 @@ defines its public wrapper.
 """
 
 from fastattn.ops.fixed_attention import fixed_attention
+from fastattn.ops.lsh import SCHEMES, alsh_hash, extra_dims, mips_transform, topk_keys
 
-__all__ = ["fixed_attention"]
+__all__ = ["fixed_attention", "SCHEMES", "mips_transform", "alsh_hash", "topk_keys", "extra_dims"]

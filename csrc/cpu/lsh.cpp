@@ -1,0 +1,234 @@
+// The LSH ops on the CPU: mips_transform, alsh_hash and topk_keys (SPEC sections 1 to 3).
+// Per-vector transforms come from mips_math.h, per-pair scores and the tie-break from
+// lsh_select.h; selection is linear in the number of keys (a histogram of the small
+// integer scores), never a sort of a (T, T) score matrix.
+
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <vector>
+
+#include "fastattn/lsh_host.h"
+#include "fastattn/lsh_select.h"
+#include "fastattn/mips_math.h"
+#include "fastattn/outputs.h"
+
+namespace fastattn {
+namespace {
+
+constexpr int64_t kRowsPerTask = 64;
+
+at::ScalarType accumulate_type(const at::Tensor& x) { return x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat; }
+
+void check_cpu_float(const at::Tensor& x, const char* name) {
+  TORCH_CHECK_TYPE(x.scalar_type() == at::kFloat || x.scalar_type() == at::kDouble, name,
+                   " on the CPU must be float32 or float64, got ", x.scalar_type());
+}
+
+// The transformed rows in the accumulation dtype, zero on padded positions.
+at::Tensor transform_rows(const at::Tensor& x_in, const lsh_host::TransformSetup& setup,
+                          const std::optional<at::Tensor>& mask_in) {
+  const at::ScalarType acc = accumulate_type(x_in);
+  const at::Tensor x = x_in.to(acc).contiguous();
+  const int64_t B = x.size(0), H = x.size(1), T = x.size(2), D = x.size(3);
+  const int e = mips::extra_dims(setup.scheme, setup.m);
+  at::Tensor out = new_output({B, H, T, D + e}, x.options());
+  const std::optional<at::Tensor> mask = mask_in ? std::optional<at::Tensor>(mask_in->contiguous()) : std::nullopt;
+  AT_DISPATCH_FLOATING_TYPES(acc, "mips_transform_cpu", [&] {
+    const scalar_t* xs = x.data_ptr<scalar_t>();
+    scalar_t* os = out.data_ptr<scalar_t>();
+    const scalar_t* key_max = setup.key_max.data_ptr<scalar_t>();
+    const scalar_t* query_max = setup.query_max.data_ptr<scalar_t>();
+    const bool* padding = mask ? mask->data_ptr<bool>() : nullptr;
+    at::parallel_for(0, B * H * T, kRowsPerTask, [&](int64_t begin, int64_t end) {
+      for (int64_t row = begin; row < end; ++row) {
+        const int64_t bh = row / T, b = bh / H, t = row % T;
+        const scalar_t* in = xs + row * D;
+        scalar_t* dst = os + row * (D + e);
+        if (padding && padding[b * T + t]) {
+          std::fill(dst, dst + D + e, scalar_t(0));
+          continue;
+        }
+        scalar_t sq_norm = 0;
+        for (int64_t d = 0; d < D; ++d) sq_norm += in[d] * in[d];
+        scalar_t extra[mips::kMaxExtra];
+        const scalar_t scale = mips::transform_coefficients<scalar_t>(
+            setup.scheme, setup.role, sq_norm, key_max[bh], query_max[bh], static_cast<scalar_t>(setup.U), setup.m,
+            extra);
+        for (int64_t d = 0; d < D; ++d) dst[d] = scale * in[d];
+        for (int r = 0; r < e; ++r) dst[D + r] = extra[r];
+      }
+    });
+  });
+  return out;
+}
+
+at::Tensor mips_transform_cpu(const at::Tensor& x, c10::string_view scheme, c10::string_view role,
+                              const std::optional<at::Tensor>& mask, const std::optional<at::Tensor>& keys, int64_t m,
+                              double U) {
+  check_cpu_float(x, "x");
+  const auto setup = lsh_host::transform_setup(x, std::string(scheme), std::string(role), mask, keys, m, U,
+                                               accumulate_type(x));
+  return transform_rows(x, setup, mask).to(x.scalar_type());
+}
+
+at::Tensor alsh_hash_cpu(const at::Tensor& x, c10::string_view scheme, c10::string_view role,
+                         const at::Tensor& projections, const std::optional<at::Tensor>& mask,
+                         const std::optional<at::Tensor>& keys, int64_t m, double U) {
+  check_cpu_float(x, "x");
+  const auto setup = lsh_host::transform_setup(x, std::string(scheme), std::string(role), mask, keys, m, U,
+                                               accumulate_type(x));
+  const int64_t n_bits = projections.size(0), words = (n_bits + 63) / 64;
+  const at::Tensor transformed = transform_rows(x, setup, mask);
+  TORCH_CHECK_VALUE(projections.dim() == 2 && projections.size(1) == transformed.size(3) && n_bits >= 1 &&
+                        n_bits <= lsh::kMaxBits,
+                    "projections must be (n_bits, D + e) = (1..256, ", transformed.size(3), "), got ",
+                    projections.sizes());
+  // Padded rows are all zero, so every projection is 0 and every bit 0, as the SPEC asks.
+  const at::Tensor values = at::matmul(transformed, projections.to(transformed.scalar_type()).t()).contiguous();
+  const int64_t rows = values.numel() / std::max<int64_t>(n_bits, 1);
+  at::Tensor codes = new_output({x.size(0), x.size(1), x.size(2), words}, x.options().dtype(at::kLong));
+  AT_DISPATCH_FLOATING_TYPES(values.scalar_type(), "alsh_hash_cpu", [&] {
+    const scalar_t* v = values.data_ptr<scalar_t>();
+    int64_t* out = codes.data_ptr<int64_t>();
+    at::parallel_for(0, rows, kRowsPerTask, [&](int64_t begin, int64_t end) {
+      for (int64_t row = begin; row < end; ++row) {
+        for (int64_t w = 0; w < words; ++w) {
+          uint64_t word = 0;
+          for (int64_t bit = 64 * w; bit < std::min<int64_t>(n_bits, 64 * w + 64); ++bit) {
+            word |= uint64_t(v[row * n_bits + bit] > 0) << (bit - 64 * w);
+          }
+          out[row * words + w] = static_cast<int64_t>(word);
+        }
+      }
+    });
+  });
+  return codes;
+}
+
+// Writes the L best keys of query i, best first, -1 after the last: the keys whose score
+// (0 .. max_score) is above the L-th best score, and as many keys with exactly that
+// score as fit, taken in distance order. Linear in the number of keys.
+void select_by_small_scores(const std::vector<int>& scores, int max_score, int64_t i, int64_t L, int32_t* out,
+                            std::vector<int64_t>& histogram) {
+  const int64_t keys = static_cast<int64_t>(scores.size());
+  std::fill(histogram.begin(), histogram.end(), 0);
+  for (int s : scores) {
+    if (s >= 0) ++histogram[s];
+  }
+  // threshold: the lowest score still (partly) taken; above: how many keys score higher
+  int threshold = 0;  // stays 0 when fewer than L keys score above 0
+  int64_t above = 0;
+  for (int s = max_score; s > 0; --s) {
+    if (above + histogram[s] >= L) {
+      threshold = s;
+      break;
+    }
+    above += histogram[s];
+  }
+  // next[s]: where the next key of score s goes
+  std::vector<int64_t>& next = histogram;
+  int64_t position = 0;
+  for (int s = max_score; s >= threshold; --s) {
+    const int64_t count = s > threshold ? histogram[s] : std::min<int64_t>(histogram[s], L - above);
+    next[s] = position;
+    position += count;
+  }
+  const int64_t taken = position;
+  int64_t threshold_room = taken - above;
+  for (int64_t d = 0, steps = lsh::distance_order_length(i, keys); d < steps; ++d) {
+    const int64_t j = lsh::key_in_distance_order(i, d, keys);
+    if (j < 0 || scores[j] < threshold) continue;
+    if (scores[j] == threshold) {
+      if (threshold_room == 0) continue;
+      --threshold_room;
+    }
+    out[next[scores[j]]++] = static_cast<int32_t>(j);
+  }
+  std::fill(out + taken, out + L, -1);
+}
+
+at::Tensor topk_keys_cpu(const at::Tensor& q_codes_in, const at::Tensor& k_codes_in, int64_t L,
+                         const std::optional<at::Tensor>& mask_in, c10::string_view mode_in,
+                         const std::optional<at::Tensor>& q_in, const std::optional<at::Tensor>& k_in,
+                         std::optional<int64_t> n_bits_in) {
+  const std::string mode(mode_in);
+  TORCH_CHECK_VALUE(mode == "hamming" || mode == "bucket", "mode must be 'hamming' or 'bucket', got '", mode, "'");
+  TORCH_CHECK_VALUE(q_codes_in.dim() == 4 && k_codes_in.dim() == 4 && q_codes_in.size(0) == k_codes_in.size(0) &&
+                        q_codes_in.size(1) == k_codes_in.size(1) && q_codes_in.size(3) == k_codes_in.size(3),
+                    "q_codes (B, H, Tq, W) and k_codes (B, H, Tk, W) must agree in B, H and W, got ",
+                    q_codes_in.sizes(), " and ", k_codes_in.sizes());
+  TORCH_CHECK_VALUE(L >= 0, "L must be non-negative, got ", L);
+  const int64_t B = q_codes_in.size(0), H = q_codes_in.size(1), Tq = q_codes_in.size(2), Tk = k_codes_in.size(2);
+  const int words = static_cast<int>(q_codes_in.size(3));
+  const int n_bits = static_cast<int>(n_bits_in.value_or(64 * words));
+  TORCH_CHECK_VALUE(n_bits >= 1 && n_bits <= 64 * words && n_bits <= lsh::kMaxBits,
+                    "n_bits must be between 1 and 64 W = ", 64 * words, " (at most 256), got ", n_bits);
+  const bool bucket = mode == "bucket";
+  TORCH_CHECK_VALUE(!bucket || (q_in && k_in), "mode='bucket' ranks candidates by q . k: q and k are required");
+  const at::Tensor q_codes = q_codes_in.contiguous(), k_codes = k_codes_in.contiguous();
+  const std::optional<at::Tensor> mask = mask_in ? std::optional<at::Tensor>(mask_in->contiguous()) : std::nullopt;
+  at::Tensor out = new_output({B, H, Tq, L}, q_codes.options().dtype(at::kInt));
+  if (out.numel() == 0) return out;
+  const at::ScalarType acc = bucket ? accumulate_type(*q_in) : at::kDouble;
+  const at::Tensor q = bucket ? q_in->to(acc).contiguous() : at::Tensor();
+  const at::Tensor k = bucket ? k_in->to(acc).contiguous() : at::Tensor();
+  const int64_t D = bucket ? q.size(3) : 0;
+  AT_DISPATCH_FLOATING_TYPES(acc, "topk_keys_cpu", [&] {
+    const int64_t* qc = q_codes.data_ptr<int64_t>();
+    const int64_t* kc = k_codes.data_ptr<int64_t>();
+    const bool* padding = mask ? mask->data_ptr<bool>() : nullptr;
+    int32_t* result = out.data_ptr<int32_t>();
+    at::parallel_for(0, B * H * Tq, kRowsPerTask, [&](int64_t begin, int64_t end) {
+      std::vector<int> scores(Tk);
+      std::vector<int64_t> histogram(n_bits + 1);
+      std::vector<std::pair<scalar_t, int64_t>> candidates;
+      for (int64_t row = begin; row < end; ++row) {
+        const int64_t bh = row / Tq, b = bh / H, i = row % Tq;
+        const int64_t* query_code = qc + row * words;
+        int32_t* dst = result + row * L;
+        if (!bucket) {
+          for (int64_t j = 0; j < Tk; ++j) {
+            const bool padded = padding && padding[b * Tk + j];
+            scores[j] = padded ? -1 : lsh::equal_bits(query_code, kc + (bh * Tk + j) * words, words, n_bits);
+          }
+          select_by_small_scores(scores, n_bits, i, L, dst, histogram);
+          continue;
+        }
+        candidates.clear();
+        const scalar_t* qi = q.data_ptr<scalar_t>() + row * D;
+        for (int64_t j = 0; j < Tk; ++j) {
+          if ((padding && padding[b * Tk + j]) ||
+              lsh::equal_bits(query_code, kc + (bh * Tk + j) * words, words, n_bits) != n_bits) {
+            continue;
+          }
+          const scalar_t* kj = k.data_ptr<scalar_t>() + (bh * Tk + j) * D;
+          scalar_t dot = 0;
+          for (int64_t d = 0; d < D; ++d) dot += qi[d] * kj[d];
+          candidates.emplace_back(dot, j);
+        }
+        const int64_t taken = std::min<int64_t>(L, static_cast<int64_t>(candidates.size()));
+        std::partial_sort(candidates.begin(), candidates.begin() + taken, candidates.end(),
+                          [i](const auto& a, const auto& b) {
+                            return lsh::ranks_before(a.first, a.second, b.first, b.second, i);
+                          });
+        for (int64_t slot = 0; slot < L; ++slot) {
+          dst[slot] = slot < taken ? static_cast<int32_t>(candidates[slot].second) : -1;
+        }
+      }
+    });
+  });
+  return out;
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(fastattn, CPU, m) {
+  m.impl("mips_transform", &mips_transform_cpu);
+  m.impl("alsh_hash", &alsh_hash_cpu);
+  m.impl("topk_keys", &topk_keys_cpu);
+}
+
+}  // namespace fastattn
