@@ -155,19 +155,10 @@ at::Tensor topk_keys_cpu(const at::Tensor& q_codes_in, const at::Tensor& k_codes
                          const std::optional<at::Tensor>& q_in, const std::optional<at::Tensor>& k_in,
                          std::optional<int64_t> n_bits_in) {
   const std::string mode(mode_in);
-  TORCH_CHECK_VALUE(mode == "hamming" || mode == "bucket", "mode must be 'hamming' or 'bucket', got '", mode, "'");
-  TORCH_CHECK_VALUE(q_codes_in.dim() == 4 && k_codes_in.dim() == 4 && q_codes_in.size(0) == k_codes_in.size(0) &&
-                        q_codes_in.size(1) == k_codes_in.size(1) && q_codes_in.size(3) == k_codes_in.size(3),
-                    "q_codes (B, H, Tq, W) and k_codes (B, H, Tk, W) must agree in B, H and W, got ",
-                    q_codes_in.sizes(), " and ", k_codes_in.sizes());
-  TORCH_CHECK_VALUE(L >= 0, "L must be non-negative, got ", L);
+  const int n_bits = lsh_host::check_topk_inputs(q_codes_in, k_codes_in, L, mode, q_in, k_in, n_bits_in);
   const int64_t B = q_codes_in.size(0), H = q_codes_in.size(1), Tq = q_codes_in.size(2), Tk = k_codes_in.size(2);
   const int words = static_cast<int>(q_codes_in.size(3));
-  const int n_bits = static_cast<int>(n_bits_in.value_or(64 * words));
-  TORCH_CHECK_VALUE(n_bits >= 1 && n_bits <= 64 * words && n_bits <= lsh::kMaxBits,
-                    "n_bits must be between 1 and 64 W = ", 64 * words, " (at most 256), got ", n_bits);
   const bool bucket = mode == "bucket";
-  TORCH_CHECK_VALUE(!bucket || (q_in && k_in), "mode='bucket' ranks candidates by q . k: q and k are required");
   const at::Tensor q_codes = q_codes_in.contiguous(), k_codes = k_codes_in.contiguous();
   const std::optional<at::Tensor> mask = mask_in ? std::optional<at::Tensor>(mask_in->contiguous()) : std::nullopt;
   at::Tensor out = new_output({B, H, Tq, L}, q_codes.options().dtype(at::kInt));

@@ -69,4 +69,28 @@ inline TransformSetup transform_setup(const at::Tensor& x, const std::string& sc
   return {scheme, role, static_cast<int>(m), U, key_max.contiguous(), query_max.contiguous()};
 }
 
+// Guards of topk_keys shared by both devices; returns the number of bits that count.
+inline int check_topk_inputs(const at::Tensor& q_codes, const at::Tensor& k_codes, int64_t L,
+                             const std::string& mode, const std::optional<at::Tensor>& q,
+                             const std::optional<at::Tensor>& k, std::optional<int64_t> n_bits) {
+  TORCH_CHECK_VALUE(mode == "hamming" || mode == "bucket", "mode must be 'hamming' or 'bucket', got '", mode, "'");
+  TORCH_CHECK_VALUE(q_codes.dim() == 4 && k_codes.dim() == 4 && q_codes.size(0) == k_codes.size(0) &&
+                        q_codes.size(1) == k_codes.size(1) && q_codes.size(3) == k_codes.size(3),
+                    "q_codes (B, H, Tq, W) and k_codes (B, H, Tk, W) must agree in B, H and W, got ",
+                    q_codes.sizes(), " and ", k_codes.sizes());
+  TORCH_CHECK_TYPE(q_codes.scalar_type() == at::kLong && k_codes.scalar_type() == at::kLong,
+                   "q_codes and k_codes must be int64");
+  TORCH_CHECK_VALUE(L >= 0, "L must be non-negative, got ", L);
+  const int64_t words = q_codes.size(3);
+  const int64_t bits = n_bits.value_or(64 * words);
+  TORCH_CHECK_VALUE(bits >= 1 && bits <= 64 * words && bits <= 256,
+                    "n_bits must be between 1 and 64 W = ", 64 * words, " (at most 256), got ", bits);
+  if (mode == "bucket") {
+    TORCH_CHECK_VALUE(q && k && q->dim() == 4 && k->dim() == 4 && q->size(2) == q_codes.size(2) &&
+                          k->size(2) == k_codes.size(2) && q->size(3) == k->size(3),
+                      "mode='bucket' ranks candidates by q . k: q (B, H, Tq, D) and k (B, H, Tk, D) are required");
+  }
+  return static_cast<int>(bits);
+}
+
 }  // namespace fastattn::lsh_host
