@@ -68,7 +68,8 @@ def header(title: str, device: str, settings: str) -> str:
 
 
 def markdown_table(rows: list[dict[str, object]]) -> str:
-    columns = list(rows[0])
+    """Every column any row has, in first-seen order; "-" where a row lacks one."""
+    columns = list(dict.fromkeys(column for row in rows for column in row))
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-    lines += ["| " + " | ".join(str(row[c]) for c in columns) + " |" for row in rows]
+    lines += ["| " + " | ".join(str(row.get(c, "-")) for c in columns) + " |" for row in rows]
     return "\n".join(lines) + "\n"

@@ -114,24 +114,31 @@ def _bit_mask(words: int, n_bits: int, device) -> torch.Tensor:
 
 
 def topk_keys(q_codes, k_codes, L, *, key_padding_mask=None, mode="hamming", q=None, k=None, n_bits=None):
-    """SPEC section 3 by a dense (B, H, Tq, Tk) score matrix and two stable sorts."""
+    """SPEC section 3 from a dense (B, H, Tq, Tk) score matrix.
+
+    hamming: one torch.topk over a composite integer key that puts the tie-break inside
+    the score; bucket: two stable sorts (the float scores leave no room for a composite).
+    """
     words = q_codes.shape[-1]
     n_bits = 64 * words if n_bits is None else n_bits
     differ = (q_codes[:, :, :, None, :] ^ k_codes[:, :, None, :, :]) & _bit_mask(words, n_bits, q_codes.device)
     equal_bits = n_bits - _popcount(differ).sum(-1)  # (B, H, Tq, Tk)
-    if mode == "hamming":
-        score, valid = equal_bits.double(), torch.ones_like(equal_bits, dtype=torch.bool)
-    else:
-        score, valid = q.double() @ k.double().transpose(-1, -2), equal_bits == n_bits
+    valid = equal_bits >= 0 if mode == "hamming" else equal_bits == n_bits
     if key_padding_mask is not None:
         valid = valid & ~key_padding_mask[:, None, None, :]
-    score = score.masked_fill(~valid, float("-inf"))
-    Tq, Tk = score.shape[-2:]
-    i = torch.arange(Tq, device=score.device)[:, None]
-    j = torch.arange(Tk, device=score.device)[None, :]
+    Tq, Tk = equal_bits.shape[-2:]
+    i = torch.arange(Tq, device=equal_bits.device)[:, None]
+    j = torch.arange(Tk, device=equal_bits.device)[None, :]
     tie_rank = 2 * (i - j).abs() + (j > i).long()  # distance order: i, i-1, i+1, i-2, ...
-    by_tie = torch.argsort(tie_rank, dim=-1, stable=True).expand_as(score)
-    by_score = torch.argsort(score.gather(-1, by_tie), dim=-1, descending=True, stable=True)
-    order = by_tie.gather(-1, by_score)
-    chosen = torch.where(valid.gather(-1, order), order, -1)[..., :L]
+    if mode == "hamming":
+        lowest = torch.iinfo(torch.int64).min
+        composite = (equal_bits * (2 * max(Tq, Tk) + 2) - tie_rank).masked_fill(~valid, lowest)
+        values, order = composite.topk(min(L, Tk), dim=-1)
+        chosen = torch.where(values > lowest, order, -1)
+    else:
+        score = (q.double() @ k.double().transpose(-1, -2)).masked_fill(~valid, float("-inf"))
+        by_tie = torch.argsort(tie_rank, dim=-1, stable=True).expand_as(score)
+        by_score = torch.argsort(score.gather(-1, by_tie), dim=-1, descending=True, stable=True)
+        order = by_tie.gather(-1, by_score)
+        chosen = torch.where(valid.gather(-1, order), order, -1)[..., :L]
     return torch.nn.functional.pad(chosen, (0, L - chosen.shape[-1]), value=-1).int()
