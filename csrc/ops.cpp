@@ -23,4 +23,11 @@ TORCH_LIBRARY(fastattn, m) {
   m.def(
       "topk_keys(Tensor q_codes, Tensor k_codes, int L, Tensor? key_padding_mask, str mode, Tensor? q, Tensor? k, "
       "int? n_bits) -> Tensor");
+
+  // Masked sparse attention (SPEC section 4): each query attends to its list of keys.
+  // lse is the per-row log-sum-exp the backward normalises recomputed scores with.
+  m.def("sparse_attention_forward(Tensor q, Tensor k, Tensor v, Tensor indices, float scale) -> (Tensor out, Tensor lse)");
+  m.def(
+      "sparse_attention_backward(Tensor grad_out, Tensor q, Tensor k, Tensor v, Tensor indices, float scale, "
+      "Tensor out, Tensor lse) -> (Tensor grad_q, Tensor grad_k, Tensor grad_v)");
 }

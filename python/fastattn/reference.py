@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["fixed_attention", "mips_transform", "alsh_hash", "topk_keys"]
+__all__ = ["fixed_attention", "sparse_attention", "mips_transform", "alsh_hash", "topk_keys"]
 
 
 def fixed_attention(
@@ -27,6 +27,24 @@ def fixed_attention(
     has_key = ~torch.isneginf(scores).all(dim=-1, keepdim=True)
     probs = torch.softmax(scores.masked_fill(~has_key, 0.0), dim=-1) * has_key
     return probs @ v
+
+
+def sparse_attention(q, k, v, indices, *, scale=None):
+    """SPEC section 4 by gathering each query's keys: (B, H, Tq, L, D) in memory."""
+    scale = q.shape[-1] ** -0.5 if scale is None else scale
+    B, H, Tq, _ = q.shape
+    index = indices.long().expand(B, H, Tq, -1)
+    valid = index >= 0
+    safe = index.clamp_min(0)
+
+    def gather(x):  # (B, H, Tk, D) -> (B, H, Tq, L, D)
+        return x.gather(2, safe.flatten(2)[..., None].expand(-1, -1, -1, x.shape[-1])).unflatten(2, index.shape[2:])
+
+    scores = scale * (q[:, :, :, None, :] * gather(k)).sum(-1)
+    scores = scores.masked_fill(~valid, float("-inf"))
+    has_key = valid.any(-1, keepdim=True)
+    probs = torch.softmax(scores.masked_fill(~has_key, 0.0), dim=-1) * has_key
+    return (probs[..., None] * gather(v)).sum(-2)
 
 
 def _max_norm(x: torch.Tensor, key_padding_mask: torch.Tensor | None) -> torch.Tensor:

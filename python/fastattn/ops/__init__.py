@@ -6,5 +6,8 @@ defines its public wrapper.
 
 from fastattn.ops.fixed_attention import fixed_attention
 from fastattn.ops.lsh import SCHEMES, alsh_hash, extra_dims, mips_transform, topk_keys
+from fastattn.ops.sparse_attention import sparse_attention
 
-__all__ = ["fixed_attention", "SCHEMES", "mips_transform", "alsh_hash", "topk_keys", "extra_dims"]
+__all__ = [
+    "fixed_attention", "sparse_attention", "SCHEMES", "mips_transform", "alsh_hash", "topk_keys", "extra_dims",
+]

@@ -1,0 +1,212 @@
+"""fastattn.ops.sparse_attention and fastattn.masks against the float64 reference and dense
+SDPA, with gradcheck, opcheck, compile, determinism and bad input."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from fastattn import masks, ops, reference
+from helpers import DEVICE_DTYPES, DEVICES, assert_close_to_reference, requires_cuda
+
+op = torch.ops.fastattn
+
+
+def qkv(batch, heads, length, dim, *, seed, device="cpu", dtype=torch.float64, keys=None):
+    generator = torch.Generator().manual_seed(seed)
+    q = torch.randn(batch, heads, length, dim, generator=generator, dtype=torch.float64)
+    k, v = (torch.randn(batch, heads, keys or length, dim, generator=generator, dtype=torch.float64) for _ in "kv")
+    return tuple(x.to(device, dtype) for x in (q, k, v))
+
+
+def random_indices(index_batch, index_heads, queries, slots, keys, *, seed, device="cpu", empty=0.2):
+    """Random key lists with a share of empty (-1) slots; repeats happen."""
+    generator = torch.Generator().manual_seed(seed)
+    indices = torch.randint(0, max(keys, 1), (index_batch, index_heads, queries, slots), generator=generator)
+    indices[torch.rand(indices.shape, generator=generator) < empty] = -1
+    if keys == 0:
+        indices.fill_(-1)
+    return indices.to(device)
+
+
+def check_against_reference(q, k, v, indices, scale=None):
+    leaves = [x.detach().requires_grad_() for x in (q, k, v)]
+    out = ops.sparse_attention(*leaves, indices, scale=scale)
+    grad_out = torch.randn_like(out)
+    out.backward(grad_out)
+
+    def reference_at(dtype):
+        xs = [x.detach().to(dtype).requires_grad_() for x in (q, k, v)]
+        ref = reference.sparse_attention(*xs, indices, scale=scale)
+        ref.backward(grad_out.to(dtype))
+        return (ref, *(x.grad for x in xs))
+
+    truth, same_math = reference_at(torch.float64), reference_at(q.dtype)
+    got = (out, *(x.grad for x in leaves))
+    for name, g, t, s in zip(("out", "grad q", "grad k", "grad v"), got, truth, same_math):
+        assert g.dtype == q.dtype
+        assert_close_to_reference(name, g, t, s)
+
+
+@pytest.mark.parametrize("device, dtype", DEVICE_DTYPES)
+@pytest.mark.parametrize("dim", [16, 32, 64, 128])
+@pytest.mark.parametrize("pattern", ["random", "strided", "fixed", "local_global", "causal"])
+def test_matches_reference(device, dtype, dim, pattern):
+    length = 70
+    q, k, v = qkv(2, 3, length, dim, seed=dim, device=device, dtype=dtype)
+    indices = {
+        "random": lambda: random_indices(2, 1, length, 24, length, seed=dim, device=device),
+        "strided": lambda: masks.strided(length, 8, device=device),
+        "fixed": lambda: masks.fixed(length, 8, 2, device=device),
+        "local_global": lambda: masks.local_global(length, 3, [0, 33], device=device),
+        "causal": lambda: masks.strided(length, 8, causal=True, device=device),
+    }[pattern]()
+    check_against_reference(q, k, v, indices)
+
+
+@pytest.mark.parametrize("device, dtype", DEVICE_DTYPES)
+@settings(max_examples=25, deadline=None)
+@given(
+    batch=st.integers(1, 3), heads=st.integers(1, 3), queries=st.integers(1, 40), keys=st.integers(1, 40),
+    slots=st.integers(1, 50), dim=st.sampled_from([16, 32, 64]), broadcast=st.booleans(), seed=st.integers(0, 2**31),
+)
+def test_matches_reference_on_random_shapes(device, dtype, batch, heads, queries, keys, slots, dim, broadcast, seed):
+    q, _, _ = qkv(batch, heads, queries, dim, seed=seed, device=device, dtype=dtype)
+    _, k, v = qkv(batch, heads, keys, dim, seed=seed + 1, device=device, dtype=dtype)
+    shape = (1, 1) if broadcast else (batch, heads)
+    check_against_reference(q, k, v, random_indices(*shape, queries, slots, keys, seed=seed, device=device),
+                            scale=0.3 if seed % 2 else None)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_matches_dense_sdpa_with_the_same_mask(device):
+    length = 100
+    q, k, v = qkv(2, 2, length, 32, seed=1, device=device, dtype=torch.float32)
+    indices = masks.local_global(length, 4, [0, 50], device=device)
+    allowed = torch.zeros(length, length + 1, dtype=torch.bool, device=device)
+    allowed.scatter_(1, indices[0, 0].long().where(indices[0, 0] >= 0, length), True)
+    want = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed[:, :length])
+    torch.testing.assert_close(ops.sparse_attention(q, k, v, indices), want, atol=2e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_edge_cases(device):
+    q, k, v = qkv(1, 1, 1, 16, seed=2, device=device, dtype=torch.float32)  # T = 1, L > T
+    check_against_reference(q, k, v, torch.tensor([[[[0, -1, 0, -1]]]], device=device))  # listed twice
+    q, k, v = qkv(2, 2, 5, 16, seed=3, device=device, dtype=torch.float32)
+    leaves = [x.requires_grad_() for x in (q, k, v)]
+    empty = torch.full((1, 1, 5, 3), -1, device=device)
+    out = ops.sparse_attention(*leaves, empty)
+    out.sum().backward()
+    assert out.eq(0).all() and all(x.grad.eq(0).all() for x in leaves)
+
+
+def test_slot_listed_twice_counts_twice():
+    q, k, v = qkv(1, 1, 1, 8, seed=4, keys=2)
+    twice = ops.sparse_attention(q, k, v, torch.tensor([[[[0, 0, 1]]]]))
+    scores = (q[0, 0, 0] @ k[0, 0].T) / 8**0.5
+    weights = torch.softmax(torch.stack([scores[0], scores[0], scores[1]]), 0)
+    torch.testing.assert_close(twice[0, 0, 0], weights[0] * v[0, 0, 0] * 2 + weights[2] * v[0, 0, 1])
+
+
+def test_gradcheck():
+    q, k, v = qkv(2, 2, 6, 4, seed=5)
+    indices = random_indices(2, 1, 6, 5, 6, seed=5)
+    assert torch.autograd.gradcheck(lambda a, b, c: ops.sparse_attention(a, b, c, indices),
+                                    tuple(x.requires_grad_() for x in (q, k, v)))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_backward_is_bitwise_deterministic(device):
+    q, k, v = qkv(2, 4, 300, 64, seed=6, device=device, dtype=torch.float32)
+    indices = masks.strided(300, 17, device=device)
+
+    def gradients():
+        leaves = [x.clone().requires_grad_() for x in (q, k, v)]
+        ops.sparse_attention(*leaves, indices).square().sum().backward()
+        return [x.grad for x in leaves]
+
+    assert all(torch.equal(a, b) for a, b in zip(gradients(), gradients()))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_opcheck(device):
+    q, k, v = qkv(2, 2, 7, 8, seed=7, device=device, dtype=torch.float32)
+    indices = random_indices(1, 2, 7, 5, 7, seed=7, device=device).int()
+    torch.library.opcheck(op.sparse_attention_forward, (q, k, v, indices, 0.5))
+    torch.library.opcheck(op.sparse_attention_forward, (*(x.clone().requires_grad_() for x in (q, k, v)), indices, 0.5))
+    out, lse = op.sparse_attention_forward(q, k, v, indices, 0.5)
+    torch.library.opcheck(op.sparse_attention_backward, (torch.randn_like(out), q, k, v, indices, 0.5, out, lse))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_compiles_without_graph_breaks(device):
+    q, k, v = qkv(2, 2, 16, 8, seed=8, device=device, dtype=torch.float32)
+    indices = masks.fixed(16, 4, 1, device=device)
+
+    def loss(a, b, c):
+        return ops.sparse_attention(a, b, c, indices).sin().sum()
+
+    grads = []
+    for fn in (loss, torch.compile(loss, fullgraph=True)):
+        leaves = [x.clone().requires_grad_() for x in (q, k, v)]
+        fn(*leaves).backward()
+        grads.append([x.grad for x in leaves])
+    torch.testing.assert_close(grads[0], grads[1])
+
+
+def _bad_calls():
+    q = torch.randn(2, 2, 5, 4)
+    good = torch.zeros(1, 1, 5, 3, dtype=torch.long)
+    return {
+        "index out of range": ((q, q, q, torch.full((1, 1, 5, 3), 5)), ValueError, "indices"),
+        "index below -1": ((q, q, q, torch.full((1, 1, 5, 3), -2)), ValueError, "indices"),
+        "float indices": ((q, q, q, good.float()), TypeError, "indices"),
+        "indices wrong rank": ((q, q, q, good[0]), ValueError, "indices"),
+        "indices wrong length": ((q, q, q, torch.zeros(1, 1, 4, 3, dtype=torch.long)), ValueError, "indices"),
+        "indices wrong heads": ((q, q, q, torch.zeros(1, 3, 5, 3, dtype=torch.long)), ValueError, "indices"),
+        "k head dim": ((q, torch.randn(2, 2, 5, 3), torch.randn(2, 2, 5, 3), good), ValueError, "k"),
+        "v shape": ((q, q, torch.randn(2, 2, 6, 4), good), ValueError, "v"),
+        "dtype mix": ((q, q.double(), q, good), TypeError, "k"),
+        "q wrong rank": ((q[0], q, q, good), ValueError, "q"),
+    }
+
+
+@pytest.mark.parametrize("case", list(_bad_calls()))
+def test_bad_input_is_named(case):
+    arguments, error, name = _bad_calls()[case]
+    with pytest.raises(error, match=rf"\b{name}\b"):
+        ops.sparse_attention(*arguments)
+
+
+@pytest.mark.parametrize("T", [1, 7, 64])
+@pytest.mark.parametrize("causal", [False, True])
+def test_masks_match_their_definitions(T, causal):
+    i, j = torch.arange(T)[:, None], torch.arange(T)[None, :]
+    keep = (j <= i) if causal else torch.ones(T, T, dtype=torch.bool)
+    is_global = torch.zeros(T, dtype=torch.bool)
+    is_global[[0, T // 2]] = True
+    cases = {
+        "strided": (masks.strided(T, 5, causal=causal), ((i - j).abs() < 5) | ((i - j) % 5 == 0)),
+        "fixed": (masks.fixed(T, 6, 2, causal=causal), (j // 6 == i // 6) | (j % 6 >= 4)),
+        "local_global": (masks.local_global(T, 2, [0, T // 2], causal=causal),
+                         ((i - j).abs() <= 2) | is_global[None, :] | is_global[:, None]),
+    }
+    for name, (indices, definition) in cases.items():
+        assert indices.dtype == torch.int32 and indices.shape[:3] == (1, 1, T)
+        rows = indices[0, 0]
+        dense = torch.zeros(T, T + 1, dtype=torch.bool).scatter_(1, rows.long().where(rows >= 0, T), True)[:, :T]
+        assert torch.equal(dense, definition & keep), name
+        assert (rows >= 0).sum(1).max() == rows.shape[1], f"{name}: L is the widest row"
+
+
+def test_mask_arguments_are_checked():
+    with pytest.raises(ValueError, match="stride"):
+        masks.strided(10, 0)
+    with pytest.raises(ValueError, match="summary"):
+        masks.fixed(10, 4, 5)
+    with pytest.raises(ValueError, match="global_idx"):
+        masks.local_global(10, 1, [10])
