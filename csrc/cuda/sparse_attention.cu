@@ -1,0 +1,112 @@
+// sparse_attention on CUDA: argument handling and launches. Kernels in
+// sparse_attention_kernels.cuh; the per-key lists come from sparse_attention_host.h.
+
+#include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
+#include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+#include <torch/library.h>
+
+#include "fastattn/outputs.h"
+#include "fastattn/sparse_attention_host.h"
+#include "sparse_attention_kernels.cuh"
+
+namespace fastattn::cuda {
+namespace {
+
+using namespace sparse_kernels;
+
+#define FASTATTN_DISPATCH_SPARSE_FLOATS(TYPE, NAME, ...)          \
+  AT_DISPATCH_SWITCH(TYPE, NAME,                                   \
+                     AT_DISPATCH_CASE(at::kFloat, __VA_ARGS__)     \
+                         AT_DISPATCH_CASE(at::kHalf, __VA_ARGS__)  \
+                             AT_DISPATCH_CASE(at::kBFloat16, __VA_ARGS__))
+
+int64_t blocks_for_rows(int64_t rows) { return (rows + kWarps - 1) / kWarps; }
+
+// Checked, contiguous inputs and the kernels' parameters.
+struct Inputs {
+  at::Tensor q, k, v, indices;
+  Params params;
+
+  Inputs(const at::Tensor& q_in, const at::Tensor& k_in, const at::Tensor& v_in, const at::Tensor& indices_in,
+         double scale) {
+    sparse_host::check_inputs(q_in, k_in, v_in, indices_in);
+    const auto dtype = q_in.scalar_type();
+    TORCH_CHECK_TYPE(dtype == at::kFloat || dtype == at::kHalf || dtype == at::kBFloat16,
+                     "sparse_attention on CUDA takes float32, float16 or bfloat16, got ", dtype);
+    TORCH_CHECK_VALUE(indices_in.size(3) <= kMaxSlots, "indices may have at most ", kMaxSlots,
+                      " slots (L) on CUDA, got ", indices_in.size(3));
+    TORCH_CHECK_VALUE(q_in.size(3) <= kMaxDim, "sparse_attention on CUDA takes D up to ", kMaxDim, ", got ",
+                      q_in.size(3));
+    q = q_in.contiguous();
+    k = k_in.contiguous();
+    v = v_in.contiguous();
+    indices = indices_in.to(at::kLong).contiguous();
+    params = {q.size(0), q.size(1), q.size(2), k.size(2), q.size(3), indices.size(3),
+              indices.size(0), indices.size(1), static_cast<float>(scale), indices.data_ptr<int64_t>()};
+  }
+};
+
+std::tuple<at::Tensor, at::Tensor> sparse_attention_forward_cuda(const at::Tensor& q_in, const at::Tensor& k_in,
+                                                                 const at::Tensor& v_in, const at::Tensor& indices_in,
+                                                                 double scale) {
+  const c10::cuda::CUDAGuard guard(q_in.device());
+  const Inputs in(q_in, k_in, v_in, indices_in, scale);
+  at::Tensor out = new_output(in.q.sizes(), in.q.options());
+  at::Tensor lse = new_output({in.q.size(0), in.q.size(1), in.q.size(2)}, in.q.options().dtype(at::kFloat));
+  const int64_t rows = lse.numel();
+  if (rows == 0) return {out, lse};
+  FASTATTN_DISPATCH_SPARSE_FLOATS(in.q.scalar_type(), "sparse_attention_forward_cuda", [&] {
+    forward_kernel<scalar_t><<<blocks_for_rows(rows), kWarps * 32, 0, c10::cuda::getCurrentCUDAStream()>>>(
+        in.params, in.q.data_ptr<scalar_t>(), in.k.data_ptr<scalar_t>(), in.v.data_ptr<scalar_t>(),
+        out.data_ptr<scalar_t>(), lse.data_ptr<float>());
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+  return {out, lse};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> sparse_attention_backward_cuda(
+    const at::Tensor& grad_out_in, const at::Tensor& q_in, const at::Tensor& k_in, const at::Tensor& v_in,
+    const at::Tensor& indices_in, double scale, const at::Tensor& out_in, const at::Tensor& lse_in) {
+  const c10::cuda::CUDAGuard guard(q_in.device());
+  const Inputs in(q_in, k_in, v_in, indices_in, scale);
+  const at::Tensor grad_out = grad_out_in.contiguous(), out = out_in.contiguous(), lse = lse_in.contiguous();
+  at::Tensor grad_q = new_output(in.q.sizes(), in.q.options());
+  at::Tensor grad_k = new_output(in.k.sizes(), in.k.options());
+  at::Tensor grad_v = new_output(in.v.sizes(), in.v.options());
+  const Params& p = in.params;
+  const int64_t query_rows = p.batch * p.heads * p.queries, key_rows = p.batch * p.heads * p.keys;
+  // P and dL/dscore of every slot, for the per-key pass: O(B H T L) memory.
+  at::Tensor probs = at::empty({query_rows, p.slots}, in.q.options().dtype(at::kFloat));
+  at::Tensor grad_scores = at::empty_like(probs);
+  const sparse_host::KeyLists lists = sparse_host::key_lists(in.indices, p.keys);
+  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+  FASTATTN_DISPATCH_SPARSE_FLOATS(in.q.scalar_type(), "sparse_attention_backward_cuda", [&] {
+    if (query_rows > 0) {
+      query_grad_kernel<scalar_t><<<blocks_for_rows(query_rows), kWarps * 32, 0, stream>>>(
+          p, in.q.data_ptr<scalar_t>(), in.k.data_ptr<scalar_t>(), in.v.data_ptr<scalar_t>(),
+          out.data_ptr<scalar_t>(), grad_out.data_ptr<scalar_t>(), lse.data_ptr<float>(), probs.data_ptr<float>(),
+          grad_scores.data_ptr<float>(), grad_q.data_ptr<scalar_t>());
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    }
+    if (key_rows > 0) {
+      key_grad_kernel<scalar_t><<<blocks_for_rows(key_rows), kWarps * 32, 0, stream>>>(
+          p, in.q.data_ptr<scalar_t>(), grad_out.data_ptr<scalar_t>(), probs.data_ptr<float>(),
+          grad_scores.data_ptr<float>(), lists.perm.data_ptr<int64_t>(), lists.offsets.data_ptr<int64_t>(),
+          grad_k.data_ptr<scalar_t>(), grad_v.data_ptr<scalar_t>());
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    }
+  });
+  return {grad_q, grad_k, grad_v};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(fastattn, CUDA, m) {
+  m.impl("sparse_attention_forward", &sparse_attention_forward_cuda);
+  m.impl("sparse_attention_backward", &sparse_attention_backward_cuda);
+}
+
+}  // namespace fastattn::cuda
