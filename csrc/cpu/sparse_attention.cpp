@@ -94,6 +94,30 @@ scalar_t row_scores(const Problem<scalar_t>& p, int64_t row, scalar_t* scores) {
   return math::softmax_lse(row_max, sum);
 }
 
+// sparse_host::key_lists by a counting sort: linear in the slots, and stable because the
+// slots are visited in order, so the lists are the same as the sorted ones.
+sparse_host::KeyLists key_lists_by_counting(const at::Tensor& indices, int64_t keys) {
+  const int64_t sets = indices.size(0) * indices.size(1), slots = indices.size(2) * indices.size(3);
+  at::Tensor perm = at::empty({sets, slots}, indices.options());
+  at::Tensor offsets = at::zeros({sets, keys + 1}, indices.options());
+  const int64_t* index = indices.data_ptr<int64_t>();
+  at::parallel_for(0, sets, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t set = begin; set < end; ++set) {
+      const int64_t* slot_keys = index + set * slots;
+      int64_t* offset = offsets.data_ptr<int64_t>() + set * (keys + 1);
+      int64_t* order = perm.data_ptr<int64_t>() + set * slots;
+      for (int64_t e = 0; e < slots; ++e) {
+        if (slot_keys[e] >= 0) ++offset[slot_keys[e] + 1];
+      }
+      for (int64_t j = 0; j < keys; ++j) offset[j + 1] += offset[j];
+      std::vector<int64_t> next(offset, offset + keys);
+      int64_t empty = offset[keys];  // empty slots go last, as in the sorted lists
+      for (int64_t e = 0; e < slots; ++e) order[slot_keys[e] >= 0 ? next[slot_keys[e]]++ : empty++] = e;
+    }
+  });
+  return {perm, offsets};
+}
+
 at::Tensor as_long(const at::Tensor& indices) { return indices.to(at::kLong).contiguous(); }
 
 void check_cpu_dtype(const at::Tensor& q) {
@@ -172,7 +196,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> sparse_attention_backward_cpu(
         }
       }
     });
-    const sparse_host::KeyLists lists = sparse_host::key_lists(indices, p.Tk);
+    const sparse_host::KeyLists lists = key_lists_by_counting(indices, p.Tk);
     const int64_t* perm = lists.perm.data_ptr<int64_t>();
     const int64_t* offsets = lists.offsets.data_ptr<int64_t>();
     scalar_t* dk = grad_k.data_ptr<scalar_t>();
