@@ -14,15 +14,13 @@ and the speed-ups of fastattn over each, plus its achieved FLOP rate.
 
 from __future__ import annotations
 
-import argparse
 from typing import Callable
 
 import torch
 import torch.nn.functional as F
 
-from _timing import header, markdown_table, median_time, peak_memory
+from _timing import forward_and_backward, parse_arguments, report
 
-import fastattn
 from fastattn import ops, reference
 
 
@@ -73,25 +71,6 @@ def flex_attention_fn(logits, q, k, v):
     return run, (logits, q, k, v)
 
 
-def time_variant(fn, leaves, device, warmup, reps):
-    """(forward s, forward+backward s, forward+backward peak bytes), or None where it failed."""
-    leaves = [leaf.detach().requires_grad_() for leaf in leaves]
-    grad_out = torch.randn_like(fn(*leaves))
-
-    def forward():
-        with torch.no_grad():
-            fn(*leaves)
-
-    def forward_backward():
-        torch.autograd.backward(fn(*leaves), grad_out)
-        for leaf in leaves:
-            leaf.grad = None
-
-    return (median_time(forward, warmup=warmup, reps=reps, device=device),
-            median_time(forward_backward, warmup=warmup, reps=reps, device=device),
-            peak_memory(forward_backward, device))
-
-
 def row_for_length(length, args):
     logits, q, k, v = inputs(args.batch, args.heads, length, args.dim, args.device, args.dtype)
     times = {}
@@ -99,7 +78,8 @@ def row_for_length(length, args):
         if variant is None:
             continue
         try:
-            times[name] = time_variant(*variant, args.device, args.warmup, args.reps)
+            fn, leaves = variant
+            times[name] = forward_and_backward(fn, leaves, device=args.device, warmup=args.warmup, reps=args.reps)
         except (RuntimeError, MemoryError) as error:  # out of memory, or no kernel for this dtype
             print(f"T={length} {name}: {str(error).splitlines()[0][:120]}")
         if args.device == "cuda":
@@ -124,34 +104,11 @@ def row_for_length(length, args):
 
 
 def main():
-    cuda = torch.cuda.is_available() and fastattn.built_with_cuda
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--device", choices=["cpu", "cuda"], default="cuda" if cuda else "cpu", help="where to run")
-    parser.add_argument("--dtype", default=None,
-                        help="float32, float16 or bfloat16 (default: bfloat16 on CUDA, float32 on the CPU)")
-    parser.add_argument("--lengths", default=None,
-                        help="comma-separated T (default: 256..4096 on CUDA, 256..2048 on the CPU)")
-    parser.add_argument("--batch", type=int, default=8, help="B")
-    parser.add_argument("--heads", type=int, default=12, help="H")
-    parser.add_argument("--dim", type=int, default=64, help="D, the head dimension")
-    parser.add_argument("--warmup", type=int, default=None, help="untimed calls first (default: 10 CUDA, 1 CPU)")
-    parser.add_argument("--reps", type=int, default=None, help="timed calls, median reported (default: 30 CUDA, 3 CPU)")
-    parser.add_argument("--markdown", default=None, help="append the table to this Markdown file")
-    args = parser.parse_args()
-    on_cuda = args.device == "cuda"
-    args.dtype = getattr(torch, args.dtype or ("bfloat16" if on_cuda else "float32"))
-    lengths = args.lengths or ("256,512,1024,2048,4096" if on_cuda else "256,512,1024,2048")
-    args.warmup = args.warmup if args.warmup is not None else (10 if on_cuda else 1)
-    args.reps = args.reps if args.reps is not None else (30 if on_cuda else 3)
-
-    rows = [row_for_length(int(length), args) for length in lengths.split(",")]
+    args = parse_arguments(__doc__, cuda_lengths="256,512,1024,2048,4096", cpu_lengths="256,512,1024,2048")
+    rows = [row_for_length(length, args) for length in args.lengths]
     settings = (f"{str(args.dtype).removeprefix('torch.')}, B={args.batch}, H={args.heads}, D={args.dim}; "
-                f"medians of {args.reps} after {args.warmup} warm-up; speed-ups are other time / fastattn time")
-    table = header("fixed_attention", args.device, settings) + "\n" + markdown_table(rows)
-    print("\n" + table)
-    if args.markdown:
-        with open(args.markdown, "a") as out:
-            out.write("\n" + table)
+                "speed-ups are other time / fastattn time")
+    report("fixed_attention", args, settings, rows)
 
 
 if __name__ == "__main__":

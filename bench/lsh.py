@@ -6,13 +6,11 @@ against the pure-PyTorch path (the references: matmul, bit operations, torch.top
 
 from __future__ import annotations
 
-import argparse
 
 import torch
 
-from _timing import header, markdown_table, median_time, peak_memory
+from _timing import median_time, parse_arguments, peak_memory, report
 
-import fastattn
 from fastattn import ops, reference
 
 
@@ -57,38 +55,21 @@ def row_for_length(length, args):
 
 
 def main():
-    cuda = torch.cuda.is_available() and fastattn.built_with_cuda
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--device", choices=["cpu", "cuda"], default="cuda" if cuda else "cpu", help="where to run")
-    parser.add_argument("--lengths", default=None,
-                        help="comma-separated T (default: 512..16384 on CUDA, 512..4096 on the CPU)")
-    parser.add_argument("--batch", type=int, default=8, help="B")
-    parser.add_argument("--heads", type=int, default=12, help="H")
-    parser.add_argument("--dim", type=int, default=64, help="D, the head dimension")
-    parser.add_argument("--L", type=int, default=64, help="keys selected per query")
-    parser.add_argument("--bits", type=int, default=64, help="bits per code")
-    parser.add_argument("--scheme", default="sign_alsh", choices=ops.SCHEMES, help="asymmetric transform")
-    parser.add_argument("--dense-max-length", type=int, default=None,
-                        help="longest T for the pure-PyTorch path (default: 16384 on CUDA, 1024 on the CPU)")
-    parser.add_argument("--warmup", type=int, default=None, help="untimed calls first (default: 5 CUDA, 1 CPU)")
-    parser.add_argument("--reps", type=int, default=None, help="timed calls, median reported (default: 20 CUDA, 3 CPU)")
-    parser.add_argument("--markdown", default=None, help="append the table to this Markdown file")
-    args = parser.parse_args()
-    on_cuda = args.device == "cuda"
-    lengths = args.lengths or ("512,1024,2048,4096,8192,16384" if on_cuda else "512,1024,2048,4096")
-    if args.dense_max_length is None:
-        args.dense_max_length = 16384 if on_cuda else 1024
-    args.warmup = args.warmup if args.warmup is not None else (5 if on_cuda else 1)
-    args.reps = args.reps if args.reps is not None else (20 if on_cuda else 3)
+    def own_options(parser):
+        parser.add_argument("--L", type=int, default=64, help="keys selected per query")
+        parser.add_argument("--bits", type=int, default=64, help="bits per code")
+        parser.add_argument("--scheme", default="sign_alsh", choices=ops.SCHEMES, help="asymmetric transform")
+        parser.add_argument("--dense-max-length", type=int, default=None,
+                            help="longest T for the pure-PyTorch path (default: 16384 on CUDA, 1024 on the CPU)")
 
-    rows = [row_for_length(int(length), args) for length in lengths.split(",")]
+    args = parse_arguments(__doc__, cuda_lengths="512,1024,2048,4096,8192,16384", cpu_lengths="512,1024,2048,4096",
+                           cuda_timing=(5, 20), dtype=False, extra=own_options)
+    if args.dense_max_length is None:
+        args.dense_max_length = 16384 if args.device == "cuda" else 1024
+    rows = [row_for_length(length, args) for length in args.lengths]
     settings = (f"float32, B={args.batch}, H={args.heads}, D={args.dim}, L={args.L}, {args.bits} bits, "
-                f"{args.scheme}, hamming; medians of {args.reps} after {args.warmup} warm-up")
-    table = header("alsh_hash + topk_keys", args.device, settings) + "\n" + markdown_table(rows)
-    print("\n" + table)
-    if args.markdown:
-        with open(args.markdown, "a") as out:
-            out.write("\n" + table)
+                f"{args.scheme}, hamming")
+    report("alsh_hash + topk_keys", args, settings, rows)
 
 
 if __name__ == "__main__":

@@ -13,15 +13,13 @@ each T, forward and forward+backward medians of
 
 from __future__ import annotations
 
-import argparse
 import math
 
 import torch
 import torch.nn.functional as F
 
-from _timing import header, markdown_table, median_time, peak_memory
+from _timing import forward_and_backward, parse_arguments, report
 
-import fastattn
 from fastattn import masks, ops, reference
 
 
@@ -71,24 +69,6 @@ def flex_fn(indices, mask, length, args):
     return lambda a, b, c: compiled(a, b, c, block_mask=block_mask)
 
 
-def measure(fn, leaves, args):
-    leaves = [x.detach().requires_grad_() for x in leaves]
-    grad_out = torch.randn_like(fn(*leaves))
-
-    def forward():
-        with torch.no_grad():
-            fn(*leaves)
-
-    def forward_backward():
-        torch.autograd.backward(fn(*leaves), grad_out)
-        for x in leaves:
-            x.grad = None
-
-    return (median_time(forward, warmup=args.warmup, reps=args.reps, device=args.device),
-            median_time(forward_backward, warmup=args.warmup, reps=args.reps, device=args.device),
-            peak_memory(forward_backward, args.device))
-
-
 def row_for(pattern, length, args):
     generator = torch.Generator().manual_seed(0)
     q, k, v = (torch.randn(args.batch, args.heads, length, args.dim, generator=generator).to(args.device, args.dtype)
@@ -97,7 +77,7 @@ def row_for(pattern, length, args):
     times = {}
     for name, fn in variants(q, k, v, indices, length, args).items():
         try:
-            times[name] = measure(fn, (q, k, v), args)
+            times[name] = forward_and_backward(fn, (q, k, v), device=args.device, warmup=args.warmup, reps=args.reps)
         except (RuntimeError, MemoryError) as error:
             print(f"{pattern} T={length} {name}: {str(error).splitlines()[0][:120]}")
         if args.device == "cuda":
@@ -117,38 +97,18 @@ def row_for(pattern, length, args):
 
 
 def main():
-    cuda = torch.cuda.is_available() and fastattn.built_with_cuda
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--device", choices=["cpu", "cuda"], default="cuda" if cuda else "cpu", help="where to run")
-    parser.add_argument("--dtype", default=None, help="default: bfloat16 on CUDA, float32 on the CPU")
-    parser.add_argument("--lengths", default=None,
-                        help="comma-separated T (default: 1024..16384 on CUDA, 1024,2048,4096 on the CPU)")
-    parser.add_argument("--patterns", default="random,strided", help="comma-separated: random, strided")
-    parser.add_argument("--batch", type=int, default=8, help="B")
-    parser.add_argument("--heads", type=int, default=12, help="H")
-    parser.add_argument("--dim", type=int, default=64, help="D, the head dimension")
-    parser.add_argument("--L", type=int, default=64, help="keys per query of the random pattern")
-    parser.add_argument("--reference-max-length", type=int, default=2048,
-                        help="longest T for the reference, which gathers (B, H, T, L, D)")
-    parser.add_argument("--warmup", type=int, default=None, help="untimed calls first (default: 5 CUDA, 1 CPU)")
-    parser.add_argument("--reps", type=int, default=None, help="timed calls, median reported (default: 20 CUDA, 3 CPU)")
-    parser.add_argument("--markdown", default=None, help="append the table to this Markdown file")
-    args = parser.parse_args()
-    on_cuda = args.device == "cuda"
-    args.dtype = getattr(torch, args.dtype or ("bfloat16" if on_cuda else "float32"))
-    lengths = args.lengths or ("1024,2048,4096,8192,16384" if on_cuda else "1024,2048,4096")
-    args.warmup = args.warmup if args.warmup is not None else (5 if on_cuda else 1)
-    args.reps = args.reps if args.reps is not None else (20 if on_cuda else 3)
+    def own_options(parser):
+        parser.add_argument("--patterns", default="random,strided", help="comma-separated: random, strided")
+        parser.add_argument("--L", type=int, default=64, help="keys per query of the random pattern")
+        parser.add_argument("--reference-max-length", type=int, default=2048,
+                            help="longest T for the reference, which gathers (B, H, T, L, D)")
 
-    rows = [row_for(pattern, int(length), args) for pattern in args.patterns.split(",")
-            for length in lengths.split(",")]
+    args = parse_arguments(__doc__, cuda_lengths="1024,2048,4096,8192,16384", cpu_lengths="1024,2048,4096",
+                           cuda_timing=(5, 20), extra=own_options)
+    rows = [row_for(pattern, length, args) for pattern in args.patterns.split(",") for length in args.lengths]
     settings = (f"{str(args.dtype).removeprefix('torch.')}, B={args.batch}, H={args.heads}, D={args.dim}; "
-                f"medians of {args.reps} after {args.warmup} warm-up; speed-ups are other time / fastattn time")
-    table = header("sparse_attention", args.device, settings) + "\n" + markdown_table(rows)
-    print("\n" + table)
-    if args.markdown:
-        with open(args.markdown, "a") as out:
-            out.write("\n" + table)
+                "speed-ups are other time / fastattn time")
+    report("sparse_attention", args, settings, rows)
 
 
 if __name__ == "__main__":

@@ -2,24 +2,18 @@
 // fixed_attention_kernels.cuh, the softmax math in softmax_math.h (shared with the CPU).
 
 #include <ATen/ATen.h>
-#include <ATen/Dispatch.h>
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
 
+#include "dispatch.cuh"
 #include "fastattn/fixed_attention.h"
 #include "fastattn/outputs.h"
 #include "fixed_attention_kernels.cuh"
 
 namespace fastattn::cuda {
 namespace {
-
-#define FASTATTN_DISPATCH_CUDA_FLOATS(TYPE, NAME, ...)             \
-  AT_DISPATCH_SWITCH(TYPE, NAME,                                    \
-                     AT_DISPATCH_CASE(at::kFloat, __VA_ARGS__)      \
-                         AT_DISPATCH_CASE(at::kHalf, __VA_ARGS__)   \
-                             AT_DISPATCH_CASE(at::kBFloat16, __VA_ARGS__))
 
 int64_t blocks_for(int64_t items) { return (items + kTile - 1) / kTile; }
 
@@ -42,9 +36,7 @@ struct Inputs {
 
 void check_cuda_inputs(const at::Tensor& logits, const at::Tensor& v, const std::optional<at::Tensor>& mask) {
   check_fixed_attention_inputs(logits, v, mask);
-  const auto dtype = logits.scalar_type();
-  TORCH_CHECK_TYPE(dtype == at::kFloat || dtype == at::kHalf || dtype == at::kBFloat16,
-                   "fixed_attention on CUDA takes float32, float16 or bfloat16, got ", dtype);
+  check_cuda_float(logits, "fixed_attention");
   TORCH_CHECK_VALUE(v.size(0) * blocks_for(v.size(3)) <= 65535,
                     "fixed_attention on CUDA: batch * ceil(D / 64) must be at most 65535, got v ", v.sizes());
 }

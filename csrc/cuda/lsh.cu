@@ -1,12 +1,12 @@
 // The LSH ops on CUDA: argument handling and launches. Kernels in lsh_kernels.cuh.
 
 #include <ATen/ATen.h>
-#include <ATen/Dispatch.h>
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
 
+#include "dispatch.cuh"
 #include "fastattn/lsh_host.h"
 #include "fastattn/outputs.h"
 #include "lsh_kernels.cuh"
@@ -16,19 +16,7 @@ namespace {
 
 using namespace lsh_kernels;
 
-#define FASTATTN_DISPATCH_LSH_FLOATS(TYPE, NAME, ...)             \
-  AT_DISPATCH_SWITCH(TYPE, NAME,                                   \
-                     AT_DISPATCH_CASE(at::kFloat, __VA_ARGS__)     \
-                         AT_DISPATCH_CASE(at::kHalf, __VA_ARGS__)  \
-                             AT_DISPATCH_CASE(at::kBFloat16, __VA_ARGS__))
-
 int64_t blocks_for_rows(int64_t rows) { return (rows + kWarps - 1) / kWarps; }
-
-void check_cuda_float(const at::Tensor& x, const char* name) {
-  const auto dtype = x.scalar_type();
-  TORCH_CHECK_TYPE(dtype == at::kFloat || dtype == at::kHalf || dtype == at::kBFloat16, name,
-                   " on CUDA must be float32, float16 or bfloat16, got ", dtype);
-}
 
 // The transform's parameters, with the norm maxima computed (a small ATen pass).
 struct Transform {
@@ -66,7 +54,7 @@ at::Tensor mips_transform_cuda(const at::Tensor& x_in, c10::string_view scheme, 
   const TransformParams& p = transform.params;
   at::Tensor out = new_output({x_in.size(0), x_in.size(1), x_in.size(2), p.dim + p.extra}, x_in.options());
   if (p.rows == 0) return out;
-  FASTATTN_DISPATCH_LSH_FLOATS(x_in.scalar_type(), "mips_transform_cuda", [&] {
+  FASTATTN_DISPATCH_CUDA_FLOATS(x_in.scalar_type(), "mips_transform_cuda", [&] {
     transform_kernel<scalar_t><<<blocks_for_rows(p.rows), kWarps * 32, 0, c10::cuda::getCurrentCUDAStream()>>>(
         p, transform.x.data_ptr<scalar_t>(), out.data_ptr<scalar_t>());
     C10_CUDA_KERNEL_LAUNCH_CHECK();
@@ -93,7 +81,7 @@ at::Tensor alsh_hash_cuda(const at::Tensor& x_in, c10::string_view scheme, c10::
   const int64_t words = (n_bits + 63) / 64;
   at::Tensor codes = new_output({x_in.size(0), x_in.size(1), x_in.size(2), words}, x_in.options().dtype(at::kLong));
   if (p.rows == 0) return codes;
-  FASTATTN_DISPATCH_LSH_FLOATS(x_in.scalar_type(), "alsh_hash_cuda", [&] {
+  FASTATTN_DISPATCH_CUDA_FLOATS(x_in.scalar_type(), "alsh_hash_cuda", [&] {
     hash_kernel<scalar_t><<<blocks_for_rows(p.rows), kWarps * 32, cache_bytes, c10::cuda::getCurrentCUDAStream()>>>(
         p, transform.x.data_ptr<scalar_t>(), projections.data_ptr<float>(), static_cast<int>(n_bits),
         codes.data_ptr<int64_t>(), static_cast<int>(p.dim));

@@ -2,12 +2,12 @@
 // sparse_attention_kernels.cuh; the per-key lists come from sparse_attention_host.h.
 
 #include <ATen/ATen.h>
-#include <ATen/Dispatch.h>
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
 
+#include "dispatch.cuh"
 #include "fastattn/outputs.h"
 #include "fastattn/sparse_attention_host.h"
 #include "sparse_attention_kernels.cuh"
@@ -16,12 +16,6 @@ namespace fastattn::cuda {
 namespace {
 
 using namespace sparse_kernels;
-
-#define FASTATTN_DISPATCH_SPARSE_FLOATS(TYPE, NAME, ...)          \
-  AT_DISPATCH_SWITCH(TYPE, NAME,                                   \
-                     AT_DISPATCH_CASE(at::kFloat, __VA_ARGS__)     \
-                         AT_DISPATCH_CASE(at::kHalf, __VA_ARGS__)  \
-                             AT_DISPATCH_CASE(at::kBFloat16, __VA_ARGS__))
 
 int64_t blocks_for_rows(int64_t rows) { return (rows + kWarps - 1) / kWarps; }
 
@@ -33,9 +27,7 @@ struct Inputs {
   Inputs(const at::Tensor& q_in, const at::Tensor& k_in, const at::Tensor& v_in, const at::Tensor& indices_in,
          double scale) {
     sparse_host::check_inputs(q_in, k_in, v_in, indices_in);
-    const auto dtype = q_in.scalar_type();
-    TORCH_CHECK_TYPE(dtype == at::kFloat || dtype == at::kHalf || dtype == at::kBFloat16,
-                     "sparse_attention on CUDA takes float32, float16 or bfloat16, got ", dtype);
+    check_cuda_float(q_in, "sparse_attention");
     TORCH_CHECK_VALUE(indices_in.size(3) <= kMaxSlots, "indices may have at most ", kMaxSlots,
                       " slots (L) on CUDA, got ", indices_in.size(3));
     TORCH_CHECK_VALUE(q_in.size(3) <= kMaxDim, "sparse_attention on CUDA takes D up to ", kMaxDim, ", got ",
@@ -58,7 +50,7 @@ std::tuple<at::Tensor, at::Tensor> sparse_attention_forward_cuda(const at::Tenso
   at::Tensor lse = new_output({in.q.size(0), in.q.size(1), in.q.size(2)}, in.q.options().dtype(at::kFloat));
   const int64_t rows = lse.numel();
   if (rows == 0) return {out, lse};
-  FASTATTN_DISPATCH_SPARSE_FLOATS(in.q.scalar_type(), "sparse_attention_forward_cuda", [&] {
+  FASTATTN_DISPATCH_CUDA_FLOATS(in.q.scalar_type(), "sparse_attention_forward_cuda", [&] {
     forward_kernel<scalar_t><<<blocks_for_rows(rows), kWarps * 32, 0, c10::cuda::getCurrentCUDAStream()>>>(
         in.params, in.q.data_ptr<scalar_t>(), in.k.data_ptr<scalar_t>(), in.v.data_ptr<scalar_t>(),
         out.data_ptr<scalar_t>(), lse.data_ptr<float>());
@@ -83,7 +75,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> sparse_attention_backward_cuda(
   at::Tensor grad_scores = at::empty_like(probs);
   const sparse_host::KeyLists lists = sparse_host::key_lists(in.indices, p.keys);
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
-  FASTATTN_DISPATCH_SPARSE_FLOATS(in.q.scalar_type(), "sparse_attention_backward_cuda", [&] {
+  FASTATTN_DISPATCH_CUDA_FLOATS(in.q.scalar_type(), "sparse_attention_backward_cuda", [&] {
     if (query_rows > 0) {
       query_grad_kernel<scalar_t><<<blocks_for_rows(query_rows), kWarps * 32, 0, stream>>>(
           p, in.q.data_ptr<scalar_t>(), in.k.data_ptr<scalar_t>(), in.v.data_ptr<scalar_t>(),
