@@ -26,8 +26,9 @@ constexpr int64_t kRowsPerTask = 16;
 #define FASTATTN_CPU_CLONES
 #endif
 
+// always_inline: each clone must compile its own copy for its target.
 template <class scalar_t>
-inline scalar_t dot_impl(const scalar_t* a, const scalar_t* b, int64_t n) {
+[[gnu::always_inline]] inline scalar_t dot_impl(const scalar_t* a, const scalar_t* b, int64_t n) {
   scalar_t partial[8] = {0, 0, 0, 0, 0, 0, 0, 0};
   int64_t d = 0;
   for (; d + 8 <= n; d += 8) {
@@ -38,7 +39,7 @@ inline scalar_t dot_impl(const scalar_t* a, const scalar_t* b, int64_t n) {
 }
 
 template <class scalar_t>
-inline void add_scaled_impl(scalar_t* __restrict__ y, scalar_t alpha, const scalar_t* __restrict__ x, int64_t n) {
+[[gnu::always_inline]] inline void add_scaled_impl(scalar_t* __restrict__ y, scalar_t alpha, const scalar_t* __restrict__ x, int64_t n) {
   for (int64_t d = 0; d < n; ++d) y[d] += alpha * x[d];
 }
 
