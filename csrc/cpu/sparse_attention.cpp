@@ -1,11 +1,18 @@
 // sparse_attention on the CPU: one query row at a time over its list of keys, with the
-// softmax rules of softmax_math.h. The backward reduces the key gradients over the
-// transposed lists of sparse_attention_host.h, in a fixed order.
+// softmax rules of softmax_math.h.
+//
+// The backward makes one pass over the query rows of each (batch, head) and adds every
+// slot's terms to dK and dV of that (batch, head) as it goes. One task owns all rows of a
+// (batch, head), or a fixed share of them with its own dK and dV summed afterwards in
+// share order, so every sum runs in an order set by the shapes alone: deterministic, with
+// no transposed key lists and no per-slot buffers.
 
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
+#include <algorithm>
+#include <type_traits>
 #include <vector>
 
 #include "fastattn/outputs.h"
@@ -16,42 +23,74 @@ namespace fastattn {
 namespace {
 
 constexpr int64_t kRowsPerTask = 16;
+// The backward splits the query rows of a (batch, head) into shares when there are fewer
+// (batch, head) pairs than this, so small batches still fill the cores; a constant, not the
+// thread count, so the result does not depend on the machine.
+constexpr int64_t kMinBackwardTasks = 16;
 
-// The two inner loops of the op. Built for AVX2 with FMA as well as the baseline, the
-// better picked at load time (GCC function multiversioning), since a portable wheel cannot
-// assume AVX2; eight partial sums give the vectoriser independent lanes to fill.
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
-#define FASTATTN_CPU_CLONES __attribute__((target_clones("arch=haswell", "default")))
+// The inner loops are compiled twice, for AVX2 with FMA and for the baseline x86-64 a
+// portable wheel must assume, and each block of rows runs the better one this CPU has.
+// (GCC's target_clones would do the same by ifunc, but its resolvers pick the baseline
+// clone on AMD Zen 3, measured: a 2x loss.) Everything a block calls is always_inline, so
+// the AVX2 entry point compiles its own copy of all of it.
+#if defined(__x86_64__) && defined(__GNUC__)
+#define FASTATTN_AVX2_FMA __attribute__((target("avx2,fma")))
+bool cpu_has_avx2_fma() {
+  static const bool has = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+  return has;
+}
 #else
-#define FASTATTN_CPU_CLONES
+#define FASTATTN_AVX2_FMA
+bool cpu_has_avx2_fma() { return false; }
 #endif
 
-// always_inline: each clone must compile its own copy for its target.
+// A block's body must be always_inline too; GCC takes the attribute after a lambda's
+// parameter list.
+#define FASTATTN_INLINE_BLOCK __attribute__((always_inline))
+
+template <class Block>
+FASTATTN_AVX2_FMA void run_block_avx2_fma(const Block& block, int64_t begin, int64_t end) {
+  block(begin, end);
+}
+
+// block(begin, end) over [0, items) in parallel, in the best instruction set available.
+template <class Block>
+void parallel_blocks(int64_t items, int64_t grain, const Block& block) {
+  at::parallel_for(0, items, grain, [&](int64_t begin, int64_t end) {
+    if (cpu_has_avx2_fma()) {
+      run_block_avx2_fma(block, begin, end);
+    } else {
+      block(begin, end);
+    }
+  });
+}
+
+// Sixteen partial sums: two AVX2 registers of float (four of double), so independent FMA
+// chains run side by side.
 template <class scalar_t>
-[[gnu::always_inline]] inline scalar_t dot_impl(const scalar_t* a, const scalar_t* b, int64_t n) {
-  scalar_t partial[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+[[gnu::always_inline]] inline scalar_t dot(const scalar_t* a, const scalar_t* b, int64_t n) {
+  constexpr int kLanes = 16;
+  scalar_t partial[kLanes] = {};
   int64_t d = 0;
-  for (; d + 8 <= n; d += 8) {
-    for (int u = 0; u < 8; ++u) partial[u] += a[d + u] * b[d + u];
+  for (; d + kLanes <= n; d += kLanes) {
+    for (int u = 0; u < kLanes; ++u) partial[u] += a[d + u] * b[d + u];
   }
   for (; d < n; ++d) partial[0] += a[d] * b[d];
-  return ((partial[0] + partial[1]) + (partial[2] + partial[3])) + ((partial[4] + partial[5]) + (partial[6] + partial[7]));
+  for (int width = kLanes / 2; width > 0; width /= 2) {
+    for (int u = 0; u < width; ++u) partial[u] += partial[u + width];
+  }
+  return partial[0];
 }
 
 template <class scalar_t>
-[[gnu::always_inline]] inline void add_scaled_impl(scalar_t* __restrict__ y, scalar_t alpha, const scalar_t* __restrict__ x, int64_t n) {
+[[gnu::always_inline]] inline void add_scaled(scalar_t* __restrict__ y, scalar_t alpha, const scalar_t* __restrict__ x,
+                                              int64_t n) {
   for (int64_t d = 0; d < n; ++d) y[d] += alpha * x[d];
 }
 
-FASTATTN_CPU_CLONES float dot(const float* a, const float* b, int64_t n) { return dot_impl(a, b, n); }
-FASTATTN_CPU_CLONES double dot(const double* a, const double* b, int64_t n) { return dot_impl(a, b, n); }
-FASTATTN_CPU_CLONES void add_scaled(float* y, float alpha, const float* x, int64_t n) { add_scaled_impl(y, alpha, x, n); }
-FASTATTN_CPU_CLONES void add_scaled(double* y, double alpha, const double* x, int64_t n) {
-  add_scaled_impl(y, alpha, x, n);
-}
-
-// Shapes and raw pointers of one call, all contiguous.
-template <class scalar_t>
+// Shapes and raw pointers of one call, all contiguous. kDim > 0 fixes D at compile time
+// (the common head sizes, see with_head_dim), so the row loops unroll fully.
+template <class scalar_t, int kDim>
 struct Problem {
   int64_t B, H, Tq, Tk, D, L, index_batch, index_heads;
   scalar_t scale;
@@ -64,6 +103,8 @@ struct Problem {
         q(q_.data_ptr<scalar_t>()), k(k_.data_ptr<scalar_t>()), v(v_.data_ptr<scalar_t>()),
         indices(idx.data_ptr<int64_t>()) {}
 
+  int64_t dim() const { return kDim > 0 ? kDim : D; }
+
   // The index set of (b, h) after broadcasting.
   int64_t index_set(int64_t b, int64_t h) const {
     return (index_batch == 1 ? 0 : b) * index_heads + (index_heads == 1 ? 0 : h);
@@ -72,65 +113,53 @@ struct Problem {
     const int64_t bh = row / Tq;
     return indices + (index_set(bh / H, bh % H) * Tq + row % Tq) * L;
   }
-  const scalar_t* key(int64_t bh, int64_t j) const { return k + (bh * Tk + j) * D; }
-  const scalar_t* value(int64_t bh, int64_t j) const { return v + (bh * Tk + j) * D; }
+  const scalar_t* key(int64_t bh, int64_t j) const { return k + (bh * Tk + j) * dim(); }
+  const scalar_t* value(int64_t bh, int64_t j) const { return v + (bh * Tk + j) * dim(); }
 };
 
 // Random key lists miss the caches on every row; asking for a row a few slots ahead
 // overlaps those misses with the arithmetic on the current one.
 constexpr int64_t kPrefetchDistance = 4;
 
-template <class scalar_t>
-void prefetch_row(const Problem<scalar_t>& p, int64_t bh, const int64_t* slots, int64_t l, const scalar_t* base) {
+// Asks for row slots[l] of `rows`, one (batch, head)'s (Tk, D) matrix; kWrite when the
+// row will be updated in place.
+template <bool kWrite = false, class scalar_t, int kDim>
+[[gnu::always_inline]] inline void prefetch_row(const Problem<scalar_t, kDim>& p, const int64_t* slots, int64_t l,
+                                                const scalar_t* rows) {
   if (l >= p.L || slots[l] < 0) return;
-  const char* row = reinterpret_cast<const char*>(base + (bh * p.Tk + slots[l]) * p.D);
-  for (int64_t byte = 0; byte < p.D * static_cast<int64_t>(sizeof(scalar_t)); byte += 64) {
-    __builtin_prefetch(row + byte);
+  const char* row = reinterpret_cast<const char*>(rows + slots[l] * p.dim());
+  for (int64_t byte = 0; byte < p.dim() * static_cast<int64_t>(sizeof(scalar_t)); byte += 64) {
+    __builtin_prefetch(row + byte, kWrite);
   }
 }
 
-// scores[l] = scale q_i . k_j of every valid slot, and the row's lse.
-template <class scalar_t>
-scalar_t row_scores(const Problem<scalar_t>& p, int64_t row, scalar_t* scores) {
+// scores[l] = scale q_i . k_j of every valid slot; returns the largest (-inf for none).
+template <class scalar_t, int kDim>
+[[gnu::always_inline]] inline scalar_t row_scores(const Problem<scalar_t, kDim>& p, int64_t row, scalar_t* scores) {
   const int64_t bh = row / p.Tq;
   const int64_t* slots = p.slots(row);
-  const scalar_t* query = p.q + row * p.D;
+  const scalar_t* query = p.q + row * p.dim();
   scalar_t row_max = -math::infinity<scalar_t>();
   for (int64_t l = 0; l < p.L; ++l) {
-    prefetch_row(p, bh, slots, l + kPrefetchDistance, p.k);
+    prefetch_row(p, slots, l + kPrefetchDistance, p.key(bh, 0));
     if (slots[l] < 0) continue;
-    scores[l] = p.scale * dot(query, p.key(bh, slots[l]), p.D);
+    scores[l] = p.scale * dot(query, p.key(bh, slots[l]), p.dim());
     row_max = math::max_(row_max, scores[l]);
   }
-  scalar_t sum = 0;
-  for (int64_t l = 0; l < p.L; ++l) {
-    if (slots[l] >= 0) sum += math::shifted_exp(scores[l], row_max);
-  }
-  return math::softmax_lse(row_max, sum);
+  return row_max;
 }
 
-// sparse_host::key_lists by a counting sort: linear in the slots, and stable because the
-// slots are visited in order, so the lists are the same as the sorted ones.
-sparse_host::KeyLists key_lists_by_counting(const at::Tensor& indices, int64_t keys) {
-  const int64_t sets = indices.size(0) * indices.size(1), slots = indices.size(2) * indices.size(3);
-  at::Tensor perm = at::empty({sets, slots}, indices.options());
-  at::Tensor offsets = at::zeros({sets, keys + 1}, indices.options());
-  const int64_t* index = indices.data_ptr<int64_t>();
-  at::parallel_for(0, sets, 1, [&](int64_t begin, int64_t end) {
-    for (int64_t set = begin; set < end; ++set) {
-      const int64_t* slot_keys = index + set * slots;
-      int64_t* offset = offsets.data_ptr<int64_t>() + set * (keys + 1);
-      int64_t* order = perm.data_ptr<int64_t>() + set * slots;
-      for (int64_t e = 0; e < slots; ++e) {
-        if (slot_keys[e] >= 0) ++offset[slot_keys[e] + 1];
-      }
-      for (int64_t j = 0; j < keys; ++j) offset[j + 1] += offset[j];
-      std::vector<int64_t> next(offset, offset + keys);
-      int64_t empty = offset[keys];  // empty slots go last, as in the sorted lists
-      for (int64_t e = 0; e < slots; ++e) order[slot_keys[e] >= 0 ? next[slot_keys[e]]++ : empty++] = e;
-    }
-  });
-  return {perm, offsets};
+// f(std::integral_constant<int, kDim>) with kDim = D for the head sizes worth a copy of
+// the kernels of their own, 0 (D at run time) for the rest.
+template <class F>
+void with_head_dim(int64_t D, const F& f) {
+  switch (D) {
+    case 16: return f(std::integral_constant<int, 16>{});
+    case 32: return f(std::integral_constant<int, 32>{});
+    case 64: return f(std::integral_constant<int, 64>{});
+    case 128: return f(std::integral_constant<int, 128>{});
+    default: return f(std::integral_constant<int, 0>{});
+  }
 }
 
 at::Tensor as_long(const at::Tensor& indices) { return indices.to(at::kLong).contiguous(); }
@@ -148,92 +177,99 @@ std::tuple<at::Tensor, at::Tensor> sparse_attention_forward_cpu(const at::Tensor
   const at::Tensor q = q_in.contiguous(), k = k_in.contiguous(), v = v_in.contiguous(), indices = as_long(indices_in);
   at::Tensor out = new_output(q.sizes(), q.options());
   at::Tensor lse = new_output({q.size(0), q.size(1), q.size(2)}, q.options());
-  AT_DISPATCH_FLOATING_TYPES(q.scalar_type(), "sparse_attention_forward_cpu", [&] {
-    const Problem<scalar_t> p(q, k, v, indices, scale);
+  AT_DISPATCH_FLOATING_TYPES(q.scalar_type(), "sparse_attention_forward_cpu", [&] { with_head_dim(q.size(3), [&](auto dim) {
+    const Problem<scalar_t, decltype(dim)::value> p(q, k, v, indices, scale);
     scalar_t* out_data = out.data_ptr<scalar_t>();
     scalar_t* lse_data = lse.data_ptr<scalar_t>();
-    at::parallel_for(0, p.B * p.H * p.Tq, kRowsPerTask, [&](int64_t begin, int64_t end) {
+    parallel_blocks(p.B * p.H * p.Tq, kRowsPerTask, [&](int64_t begin, int64_t end) FASTATTN_INLINE_BLOCK {
       std::vector<scalar_t> scores(p.L);
       for (int64_t row = begin; row < end; ++row) {
         const int64_t bh = row / p.Tq;
         const int64_t* slots = p.slots(row);
-        const scalar_t lse_row = row_scores(p, row, scores.data());
-        scalar_t* dst = out_data + row * p.D;
-        std::fill(dst, dst + p.D, scalar_t(0));
-        for (int64_t l = 0; l < p.L; ++l) {
-          prefetch_row(p, bh, slots, l + kPrefetchDistance, p.v);
-          if (slots[l] >= 0) add_scaled(dst, math::softmax_prob(scores[l], lse_row), p.value(bh, slots[l]), p.D);
+        const scalar_t row_max = row_scores(p, row, scores.data());
+        scalar_t sum = 0;
+        for (int64_t l = 0; l < p.L; ++l) {  // scores become their shifted_exp terms
+          if (slots[l] >= 0) sum += scores[l] = math::shifted_exp(scores[l], row_max);
         }
-        lse_data[row] = lse_row;
+        scalar_t* dst = out_data + row * p.dim();
+        std::fill(dst, dst + p.dim(), scalar_t(0));
+        for (int64_t l = 0; l < p.L; ++l) {
+          prefetch_row(p, slots, l + kPrefetchDistance, p.value(bh, 0));
+          if (slots[l] >= 0) {
+            add_scaled(dst, math::softmax_prob_from_terms(scores[l], sum), p.value(bh, slots[l]), p.dim());
+          }
+        }
+        lse_data[row] = math::softmax_lse(row_max, sum);
       }
     });
-  });
+  }); });
   return {out, lse};
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> sparse_attention_backward_cpu(
     const at::Tensor& grad_out_in, const at::Tensor& q_in, const at::Tensor& k_in, const at::Tensor& v_in,
-    const at::Tensor& indices_in, double scale, const at::Tensor& out, const at::Tensor& lse_in) {
+    const at::Tensor& indices_in, double scale, const at::Tensor& out_in, const at::Tensor& lse_in) {
   sparse_host::check_inputs(q_in, k_in, v_in, indices_in);
   check_cpu_dtype(q_in);
   const at::Tensor q = q_in.contiguous(), k = k_in.contiguous(), v = v_in.contiguous(), indices = as_long(indices_in);
-  const at::Tensor grad_out = grad_out_in.contiguous(), lse = lse_in.contiguous();
-  const at::Tensor delta = (grad_out * out).sum(-1).contiguous();  // dO_i . out_i
+  const at::Tensor grad_out = grad_out_in.contiguous(), out = out_in.contiguous(), lse = lse_in.contiguous();
+  const int64_t pairs = q.size(0) * q.size(1), queries = q.size(2);
+  const int64_t shares = std::max<int64_t>(1, std::min((kMinBackwardTasks + pairs - 1) / std::max<int64_t>(pairs, 1),
+                                                       queries));
+  const int64_t rows_per_share = (queries + shares - 1) / shares;
   at::Tensor grad_q = new_output(q.sizes(), q.options());
-  at::Tensor grad_k = new_output(k.sizes(), k.options());
-  at::Tensor grad_v = new_output(v.sizes(), v.options());
-  // Per slot: P and dL/dscore, kept for the per-key pass (O(B H T L) memory).
-  at::Tensor probs = at::zeros({q.size(0), q.size(1), q.size(2), indices.size(3)}, q.options());
-  at::Tensor grad_scores = at::zeros_like(probs);
-  AT_DISPATCH_FLOATING_TYPES(q.scalar_type(), "sparse_attention_backward_cpu", [&] {
-    const Problem<scalar_t> p(q, k, v, indices, scale);
+  // Share 0 accumulates straight into dK and dV, share s > 0 into extra_grad_*[s - 1].
+  at::Tensor grad_k = at::zeros(k.sizes(), k.options()), grad_v = at::zeros(v.sizes(), v.options());
+  at::Tensor extra_grad_k = at::zeros({shares - 1, k.size(0), k.size(1), k.size(2), k.size(3)}, k.options());
+  at::Tensor extra_grad_v = at::zeros_like(extra_grad_k);
+  AT_DISPATCH_FLOATING_TYPES(q.scalar_type(), "sparse_attention_backward_cpu", [&] { with_head_dim(q.size(3), [&](auto dim) {
+    const Problem<scalar_t, decltype(dim)::value> p(q, k, v, indices, scale);
     const scalar_t* dO = grad_out.data_ptr<scalar_t>();
+    const scalar_t* out_data = out.data_ptr<scalar_t>();
     const scalar_t* lse_data = lse.data_ptr<scalar_t>();
-    const scalar_t* delta_data = delta.data_ptr<scalar_t>();
-    scalar_t* P = probs.data_ptr<scalar_t>();
-    scalar_t* dS = grad_scores.data_ptr<scalar_t>();
     scalar_t* dq = grad_q.data_ptr<scalar_t>();
-    at::parallel_for(0, p.B * p.H * p.Tq, kRowsPerTask, [&](int64_t begin, int64_t end) {
+    const auto share_rows = [&](const at::Tensor& first, const at::Tensor& extra, int64_t share, int64_t bh) {
+      scalar_t* base = share == 0 ? first.data_ptr<scalar_t>() : extra.data_ptr<scalar_t>() + (share - 1) * first.numel();
+      return base + bh * p.Tk * p.dim();
+    };
+    parallel_blocks(pairs * shares, 1, [&](int64_t begin, int64_t end) FASTATTN_INLINE_BLOCK {
       std::vector<scalar_t> scores(p.L);
-      for (int64_t row = begin; row < end; ++row) {
-        const int64_t bh = row / p.Tq;
-        const int64_t* slots = p.slots(row);
-        row_scores(p, row, scores.data());  // the scores again; the saved lse normalises them
-        scalar_t* dq_row = dq + row * p.D;
-        std::fill(dq_row, dq_row + p.D, scalar_t(0));
-        for (int64_t l = 0; l < p.L; ++l) {
-          if (slots[l] < 0) continue;
-          const scalar_t prob = math::softmax_prob(scores[l], lse_data[row]);
-          const scalar_t grad_prob = dot(dO + row * p.D, p.value(bh, slots[l]), p.D);
-          const scalar_t grad_score = math::softmax_logit_grad(prob, grad_prob, delta_data[row]);
-          P[row * p.L + l] = prob;
-          dS[row * p.L + l] = grad_score;
-          add_scaled(dq_row, p.scale * grad_score, p.key(bh, slots[l]), p.D);
+      for (int64_t task = begin; task < end; ++task) {
+        const int64_t share = task / pairs, bh = task % pairs;
+        scalar_t* dk = share_rows(grad_k, extra_grad_k, share, bh);
+        scalar_t* dv = share_rows(grad_v, extra_grad_v, share, bh);
+        const int64_t first = bh * p.Tq + share * rows_per_share;
+        const int64_t last = bh * p.Tq + std::min(p.Tq, (share + 1) * rows_per_share);
+        for (int64_t row = first; row < last; ++row) {
+          const int64_t* slots = p.slots(row);
+          const scalar_t* query = p.q + row * p.dim();
+          const scalar_t* grad_row = dO + row * p.dim();
+          const scalar_t delta = dot(grad_row, out_data + row * p.dim(), p.dim());  // dO_i . out_i
+          row_scores(p, row, scores.data());  // the scores again; the saved lse normalises them
+          scalar_t* dq_row = dq + row * p.dim();
+          std::fill(dq_row, dq_row + p.dim(), scalar_t(0));
+          for (int64_t l = 0; l < p.L; ++l) {
+            prefetch_row(p, slots, l + kPrefetchDistance, p.value(bh, 0));
+            prefetch_row<true>(p, slots, l + kPrefetchDistance, dk);
+            prefetch_row<true>(p, slots, l + kPrefetchDistance, dv);
+            const int64_t j = slots[l];
+            if (j < 0) continue;
+            const scalar_t prob = math::softmax_prob(scores[l], lse_data[row]);
+            const scalar_t grad_prob = dot(grad_row, p.value(bh, j), p.dim());
+            const scalar_t grad_score = p.scale * math::softmax_logit_grad(prob, grad_prob, delta);
+            add_scaled(dq_row, grad_score, p.key(bh, j), p.dim());
+            add_scaled(dk + j * p.dim(), grad_score, query, p.dim());
+            add_scaled(dv + j * p.dim(), prob, grad_row, p.dim());
+          }
         }
       }
     });
-    const sparse_host::KeyLists lists = key_lists_by_counting(indices, p.Tk);
-    const int64_t* perm = lists.perm.data_ptr<int64_t>();
-    const int64_t* offsets = lists.offsets.data_ptr<int64_t>();
-    scalar_t* dk = grad_k.data_ptr<scalar_t>();
-    scalar_t* dv = grad_v.data_ptr<scalar_t>();
-    at::parallel_for(0, p.B * p.H * p.Tk, kRowsPerTask, [&](int64_t begin, int64_t end) {
-      for (int64_t key_row = begin; key_row < end; ++key_row) {
-        const int64_t bh = key_row / p.Tk, j = key_row % p.Tk, set = p.index_set(bh / p.H, bh % p.H);
-        scalar_t* dk_row = dk + key_row * p.D;
-        scalar_t* dv_row = dv + key_row * p.D;
-        std::fill(dk_row, dk_row + p.D, scalar_t(0));
-        std::fill(dv_row, dv_row + p.D, scalar_t(0));
-        const int64_t* list = perm + set * p.Tq * p.L;
-        for (int64_t e = offsets[set * (p.Tk + 1) + j]; e < offsets[set * (p.Tk + 1) + j + 1]; ++e) {
-          const int64_t slot = (bh * p.Tq) * p.L + list[e];  // list[e] = i L + l
-          const int64_t query_row = bh * p.Tq + list[e] / p.L;
-          add_scaled(dk_row, p.scale * dS[slot], p.q + query_row * p.D, p.D);
-          add_scaled(dv_row, P[slot], dO + query_row * p.D, p.D);
-        }
-      }
-    });
-  });
+  }); });
+  // The shares in share order; a sum over dim 0 might run in any order.
+  for (int64_t share = 1; share < shares; ++share) {
+    grad_k.add_(extra_grad_k[share - 1]);
+    grad_v.add_(extra_grad_v[share - 1]);
+  }
   return {grad_q, grad_k, grad_v};
 }
 

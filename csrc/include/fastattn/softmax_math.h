@@ -44,6 +44,13 @@ FASTATTN_HOST_DEVICE acc_t softmax_prob(acc_t logit, acc_t lse) {
   return lse == infinity<acc_t>() ? acc_t(0) : exp_(logit - lse);
 }
 
+// The same probability from the key's shifted_exp term and the row's sum of them, for a
+// kernel that kept the terms: one exp per key instead of two.
+template <class acc_t>
+FASTATTN_HOST_DEVICE acc_t softmax_prob_from_terms(acc_t shifted_exp_term, acc_t sum_shifted_exp) {
+  return sum_shifted_exp > acc_t(0) ? shifted_exp_term / sum_shifted_exp : acc_t(0);
+}
+
 // Gradient of one logit: p * (dL/dp - delta), where delta = sum_k p_k dL/dp_k equals the
 // dot product of the output row with its gradient.
 template <class acc_t>

@@ -1,7 +1,7 @@
 #pragma once
 
-// Host-side pieces of sparse_attention shared by the CPU and CUDA kernels: guards, the
-// broadcast of the index lists, and the transposed (per-key) lists the backward reduces over.
+// Host-side pieces of sparse_attention: the guards both devices run, and the transposed
+// (per-key) lists the CUDA backward reduces over.
 
 #include <ATen/ATen.h>
 
