@@ -4,6 +4,9 @@ Two patterns: "random" (L = 64 random keys per query, per batch item and head, a
 LSH kinds produce) and "strided" (fastattn.masks.strided with stride near sqrt(T)). For
 each T, forward and forward+backward medians of
   fastattn   fastattn.ops.sparse_attention(q, k, v, indices)
+  gathers    the same with the CUDA kernels' shared-memory key windows turned off
+             (FASTATTN_SPARSE_WINDOW=0; CUDA and structured patterns only), which
+             measures what staging runs of neighbouring keys gains over row gathers
   sdpa       scaled_dot_product_attention with the equivalent dense boolean mask
   flex       FlexAttention, compiled, with a block mask built once (CUDA only)
   reference  fastattn.reference.sparse_attention (gathers (B, H, T, L, D); short T only)
@@ -13,7 +16,9 @@ each T, forward and forward+backward medians of
 
 from __future__ import annotations
 
+import contextlib
 import math
+import os
 
 import torch
 import torch.nn.functional as F
@@ -39,8 +44,10 @@ def dense_mask(indices, length):
 
 
 def variants(q, k, v, indices, length, args):
-    """name -> (fn(q, k, v), enabled)."""
+    """name -> fn(q, k, v)."""
     fns = {"fastattn": lambda a, b, c: ops.sparse_attention(a, b, c, indices)}
+    if args.device == "cuda" and indices.shape[:2] == (1, 1):
+        fns["gathers"] = fns["fastattn"]  # timed with the windows off, see windows_off
     mask = dense_mask(indices, length)
     fns["sdpa"] = lambda a, b, c: F.scaled_dot_product_attention(a, b, c, attn_mask=mask)
     if args.device == "cuda":
@@ -69,6 +76,19 @@ def flex_fn(indices, mask, length, args):
     return lambda a, b, c: compiled(a, b, c, block_mask=block_mask)
 
 
+@contextlib.contextmanager
+def windows_off(off):
+    """FASTATTN_SPARSE_WINDOW=0 for the whole timing, so the backward sees it too."""
+    if not off:
+        yield
+        return
+    os.environ["FASTATTN_SPARSE_WINDOW"] = "0"
+    try:
+        yield
+    finally:
+        del os.environ["FASTATTN_SPARSE_WINDOW"]
+
+
 def row_for(pattern, length, args):
     generator = torch.Generator().manual_seed(0)
     q, k, v = (torch.randn(args.batch, args.heads, length, args.dim, generator=generator).to(args.device, args.dtype)
@@ -77,7 +97,9 @@ def row_for(pattern, length, args):
     times = {}
     for name, fn in variants(q, k, v, indices, length, args).items():
         try:
-            times[name] = forward_and_backward(fn, (q, k, v), device=args.device, warmup=args.warmup, reps=args.reps)
+            with windows_off(name == "gathers"):
+                times[name] = forward_and_backward(fn, (q, k, v), device=args.device, warmup=args.warmup,
+                                                   reps=args.reps)
         except (RuntimeError, MemoryError) as error:
             print(f"{pattern} T={length} {name}: {str(error).splitlines()[0][:120]}")
         if args.device == "cuda":
@@ -85,7 +107,7 @@ def row_for(pattern, length, args):
     ours = times["fastattn"]
     row = {"pattern": pattern, "T": length, "L": indices.shape[-1],
            "fastattn fwd ms": f"{ours[0] * 1e3:.2f}", "fastattn fwd+bwd ms": f"{ours[1] * 1e3:.2f}"}
-    for name in ("sdpa", "flex", "reference"):
+    for name in ("gathers", "sdpa", "flex", "reference"):
         if name in times:
             row[f"vs {name} fwd"] = f"{times[name][0] / ours[0]:.1f}x"
             row[f"vs {name} fwd+bwd"] = f"{times[name][1] / ours[1]:.1f}x"

@@ -34,6 +34,11 @@ kernel_tests=(-p no:cacheprovider -q -x tests/test_fixed_attention.py tests/test
 step memcheck compute-sanitizer --tool memcheck --error-exitcode 1 "$python" -m pytest "${kernel_tests[@]}"
 step racecheck compute-sanitizer --tool racecheck --error-exitcode 1 "$python" -m pytest "${kernel_tests[@]}"
 step bench_lsh "$python" bench/lsh.py --device cuda --markdown "$logs/benchmarks.md"
+# Random lists stop at T = 8192: their dense (B, H, T, T) mask for SDPA needs 26 GB at 16384.
+step bench_sparse_attention_random "$python" bench/sparse_attention.py --device cuda --dtype bfloat16 \
+  --patterns random --lengths 1024,4096,8192 --markdown "$logs/benchmarks.md"
+step bench_sparse_attention_strided "$python" bench/sparse_attention.py --device cuda --dtype bfloat16 \
+  --patterns strided --lengths 1024,4096,8192,16384 --markdown "$logs/benchmarks.md"
 for dtype in bfloat16 float16; do
   step "bench_fixed_attention_$dtype" "$python" bench/fixed_attention.py --device cuda --dtype "$dtype" \
     --markdown "$logs/benchmarks.md"

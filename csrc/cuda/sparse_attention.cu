@@ -7,6 +7,9 @@
 #include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
 
+#include <cstdlib>
+#include <string_view>
+
 #include "dispatch.cuh"
 #include "fastattn/outputs.h"
 #include "fastattn/sparse_attention_host.h"
@@ -17,7 +20,47 @@ namespace {
 
 using namespace sparse_kernels;
 
-int64_t blocks_for_rows(int64_t rows) { return (rows + kWarps - 1) / kWarps; }
+// Shared memory each block may give to its two windows. 64 KiB leaves room for two blocks
+// (16 warps) per SM on Ampere and Hopper; a window is then 256 rows of bf16 at D = 64.
+constexpr int64_t kWindowBytes = 64 * 1024;
+// A window pays for its copy only if enough slots read from it.
+constexpr double kMinWindowShare = 0.25;
+
+// Rows per window for these key lists, or 0 for none. Structured masks (one list for every
+// batch item and head) whose slots mostly fall near their own query get the largest window
+// that fits; per-item lists (LSH, random) gather directly. FASTATTN_SPARSE_WINDOW=0 in the
+// environment turns windows off, so a benchmark can measure what they gain.
+int64_t window_rows(const at::Tensor& indices, int64_t dim, int64_t element_size) {
+  const char* switch_value = std::getenv("FASTATTN_SPARSE_WINDOW");
+  if (switch_value != nullptr && std::string_view(switch_value) == "0") return 0;
+  if (indices.size(0) != 1 || indices.size(1) != 1 || indices.numel() == 0 || dim == 0) return 0;
+  const int64_t rows = kWindowBytes / (2 * dim * element_size);
+  const int64_t radius = (rows - kWarps) / 2;
+  if (radius <= 0) return 0;
+  const at::Tensor slots = indices[0][0];
+  const at::Tensor valid = slots >= 0;
+  const at::Tensor query = at::arange(slots.size(0), slots.options()).unsqueeze(1);
+  const at::Tensor near = valid & ((slots - query).abs() <= radius);
+  const int64_t valid_slots = valid.sum().item<int64_t>();
+  return valid_slots > 0 && near.sum().item<int64_t>() >= kMinWindowShare * valid_slots ? rows : 0;
+}
+
+// One block per kWarps rows of one (batch, head); the dynamic shared memory holds the windows.
+struct Launch {
+  dim3 grid;
+  size_t shared_bytes;
+};
+
+template <class Kernel>
+Launch launch_for(Kernel kernel, const Params& p, int64_t rows, int64_t element_size) {
+  const Launch launch{dim3(static_cast<unsigned>(p.batch * p.heads * ((rows + kWarps - 1) / kWarps))),
+                      static_cast<size_t>(2 * p.window * p.dim * element_size)};
+  if (launch.shared_bytes > 48 * 1024) {  // above the default limit a kernel must opt in
+    C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                        static_cast<int>(launch.shared_bytes)));
+  }
+  return launch;
+}
 
 // Checked, contiguous inputs and the kernels' parameters.
 struct Inputs {
@@ -37,7 +80,8 @@ struct Inputs {
     v = v_in.contiguous();
     indices = indices_in.to(at::kLong).contiguous();
     params = {q.size(0), q.size(1), q.size(2), k.size(2), q.size(3), indices.size(3),
-              indices.size(0), indices.size(1), static_cast<float>(scale), indices.data_ptr<int64_t>()};
+              indices.size(0), indices.size(1), static_cast<float>(scale), indices.data_ptr<int64_t>(),
+              window_rows(indices, q.size(3), q.element_size())};
   }
 };
 
@@ -51,7 +95,8 @@ std::tuple<at::Tensor, at::Tensor> sparse_attention_forward_cuda(const at::Tenso
   const int64_t rows = lse.numel();
   if (rows == 0) return {out, lse};
   FASTATTN_DISPATCH_CUDA_FLOATS(in.q.scalar_type(), "sparse_attention_forward_cuda", [&] {
-    forward_kernel<scalar_t><<<blocks_for_rows(rows), kWarps * 32, 0, c10::cuda::getCurrentCUDAStream()>>>(
+    const Launch launch = launch_for(forward_kernel<scalar_t>, in.params, in.params.queries, in.q.element_size());
+    forward_kernel<scalar_t><<<launch.grid, kWarps * 32, launch.shared_bytes, c10::cuda::getCurrentCUDAStream()>>>(
         in.params, in.q.data_ptr<scalar_t>(), in.k.data_ptr<scalar_t>(), in.v.data_ptr<scalar_t>(),
         out.data_ptr<scalar_t>(), lse.data_ptr<float>());
     C10_CUDA_KERNEL_LAUNCH_CHECK();
@@ -77,14 +122,16 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> sparse_attention_backward_cuda(
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   FASTATTN_DISPATCH_CUDA_FLOATS(in.q.scalar_type(), "sparse_attention_backward_cuda", [&] {
     if (query_rows > 0) {
-      query_grad_kernel<scalar_t><<<blocks_for_rows(query_rows), kWarps * 32, 0, stream>>>(
+      const Launch launch = launch_for(query_grad_kernel<scalar_t>, p, p.queries, in.q.element_size());
+      query_grad_kernel<scalar_t><<<launch.grid, kWarps * 32, launch.shared_bytes, stream>>>(
           p, in.q.data_ptr<scalar_t>(), in.k.data_ptr<scalar_t>(), in.v.data_ptr<scalar_t>(),
           out.data_ptr<scalar_t>(), grad_out.data_ptr<scalar_t>(), lse.data_ptr<float>(), probs.data_ptr<float>(),
           grad_scores.data_ptr<float>(), grad_q.data_ptr<scalar_t>());
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     }
     if (key_rows > 0) {
-      key_grad_kernel<scalar_t><<<blocks_for_rows(key_rows), kWarps * 32, 0, stream>>>(
+      const Launch launch = launch_for(key_grad_kernel<scalar_t>, p, p.keys, in.q.element_size());
+      key_grad_kernel<scalar_t><<<launch.grid, kWarps * 32, launch.shared_bytes, stream>>>(
           p, in.q.data_ptr<scalar_t>(), grad_out.data_ptr<scalar_t>(), probs.data_ptr<float>(),
           grad_scores.data_ptr<float>(), lists.perm.data_ptr<int64_t>(), lists.offsets.data_ptr<int64_t>(),
           grad_k.data_ptr<scalar_t>(), grad_v.data_ptr<scalar_t>());

@@ -1,9 +1,18 @@
 #pragma once
 
-// The CUDA kernels of sparse_attention; launches live in sparse_attention.cu. One warp per
-// row: a query row in the forward and the first backward pass, a key row in the second.
-// Lanes split the head dimension, so every key or value row is read with coalesced loads;
-// a row's scores wait in shared memory between the two softmax passes of softmax_math.h.
+// The CUDA kernels of sparse_attention; launches live in sparse_attention.cu.
+//
+// A block owns kWarps neighbouring rows of one (batch, head): query rows in the forward
+// and the first backward pass, key rows in the second. One warp per row; lanes split the
+// head dimension, so every row is read with coalesced loads, and a row's scores wait in
+// shared memory between the two softmax passes of softmax_math.h.
+//
+// Structured masks list mostly neighbouring keys, which the rows of a block share. When
+// the host asks for it (Params::window), a block first copies the rows around its own,
+// [window_first, window_first + window), of the matrices it gathers from into shared
+// memory with coalesced loads; a slot inside that window then reads shared memory, one
+// outside it reads global memory as before. Random key lists gain nothing from a window,
+// so the host leaves it off for them.
 
 #include <cuda_runtime.h>
 
@@ -11,7 +20,7 @@
 
 namespace fastattn::cuda::sparse_kernels {
 
-constexpr int kWarps = 4;  // rows per block
+constexpr int kWarps = 8;  // rows per block
 constexpr int kMaxSlots = 512;
 constexpr int kMaxDim = 256;
 constexpr int kColumnsPerLane = kMaxDim / 32;
@@ -22,25 +31,58 @@ struct Params {
   int64_t index_batch, index_heads;                 // 1 or B, 1 or H
   float scale;
   const int64_t* indices;  // (index_batch, index_heads, Tq, L)
+  int64_t window;          // rows each block stages in shared memory per gathered matrix; 0: none
 
   __device__ int64_t index_set(int64_t bh) const {
     return (index_batch == 1 ? 0 : bh / heads) * index_heads + (index_heads == 1 ? 0 : bh % heads);
   }
-  __device__ const int64_t* slot_list(int64_t query_row) const {
-    const int64_t bh = query_row / queries;
-    return indices + (index_set(bh) * queries + query_row % queries) * slots;
+  __device__ const int64_t* slot_list(int64_t bh, int64_t query) const {
+    return indices + (index_set(bh) * queries + query) * slots;
   }
 };
+
+// Which (batch, head) and which of its rows a block owns, for matrices of `rows` rows.
+struct BlockRows {
+  int64_t bh, first;
+
+  __device__ explicit BlockRows(int64_t rows) {
+    const int64_t tiles = (rows + kWarps - 1) / kWarps;
+    bh = blockIdx.x / tiles;
+    first = (blockIdx.x % tiles) * kWarps;
+  }
+};
+
+// Rows of one (batch, head)'s (rows, dim) matrix, the window among them staged in shared
+// memory. row(j) points into shared memory inside the window, into global memory outside.
+template <class scalar_t>
+struct RowSource {
+  const scalar_t* global;
+  const scalar_t* shared;
+  int64_t first, count, dim;
+
+  __device__ const scalar_t* row(int64_t j) const {
+    const int64_t w = j - first;
+    return (w >= 0 && w < count) ? shared + w * dim : global + j * dim;
+  }
+};
+
+// Stages the window of `rows`-row matrix `matrix` that is centred on the block's own rows
+// (block_first .. block_first + kWarps) into `shared`; every thread of the block must call
+// it, and __syncthreads() must follow before any row() is read.
+template <class scalar_t>
+__device__ RowSource<scalar_t> stage_window(const scalar_t* matrix, int64_t rows, int64_t block_first,
+                                            int64_t window, int64_t dim, scalar_t* shared) {
+  const int64_t count = window < rows ? window : rows;
+  int64_t first = block_first + kWarps / 2 - count / 2;
+  first = first < 0 ? 0 : (first > rows - count ? rows - count : first);
+  const scalar_t* source = matrix + first * dim;
+  for (int64_t e = threadIdx.x; e < count * dim; e += blockDim.x) shared[e] = source[e];
+  return {matrix, shared, first, count, dim};
+}
 
 __device__ __forceinline__ float warp_sum(float value) {
 #pragma unroll
   for (int offset = 16; offset > 0; offset /= 2) value += __shfl_xor_sync(kFullMask, value, offset);
-  return value;
-}
-
-__device__ __forceinline__ float warp_max(float value) {
-#pragma unroll
-  for (int offset = 16; offset > 0; offset /= 2) value = math::max_(value, __shfl_xor_sync(kFullMask, value, offset));
   return value;
 }
 
@@ -77,16 +119,15 @@ __device__ __forceinline__ void cache_row(float* shared, const scalar_t* row, in
   __syncwarp();
 }
 
-// Scores of every slot into shared memory (-inf for empty ones) and the row's lse.
+// Scores of every slot into shared memory and the row's lse.
 template <class scalar_t>
-__device__ float row_scores(const Params& p, int64_t row, const float* query, const scalar_t* k, float* scores) {
-  const int64_t bh = row / p.queries;
-  const int64_t* slots = p.slot_list(row);
+__device__ float row_scores(const Params& p, const int64_t* slots, const float* query, const RowSource<scalar_t>& keys,
+                            float* scores) {
   float row_max = -math::infinity<float>();
   for (int64_t l = 0; l < p.slots; ++l) {
     const int64_t j = slots[l];
     if (j < 0) continue;  // uniform across the warp: every lane reads the same slot
-    const float score = p.scale * warp_dot(query, k + (bh * p.keys + j) * p.dim, p.dim);
+    const float score = p.scale * warp_dot(query, keys.row(j), p.dim);
     if (threadIdx.x % 32 == 0) scores[l] = score;
     row_max = math::max_(row_max, score);
   }
@@ -103,23 +144,35 @@ struct SharedRows {  // per warp
   float query[kMaxDim];
 };
 
+// The dynamic shared memory of a launch: two windows of p.window rows, one per gathered matrix.
+template <class scalar_t>
+__device__ scalar_t* window_memory(int which, const Params& p) {
+  extern __shared__ __align__(16) unsigned char dynamic_shared[];
+  return reinterpret_cast<scalar_t*>(dynamic_shared) + which * p.window * p.dim;
+}
+
 template <class scalar_t>
 __global__ void __launch_bounds__(kWarps * 32)
     forward_kernel(Params p, const scalar_t* q, const scalar_t* k, const scalar_t* v, scalar_t* out, float* lse) {
   __shared__ SharedRows shared[kWarps];
+  const BlockRows block(p.queries);
+  const int64_t base = block.bh * p.keys * p.dim;
+  const RowSource<scalar_t> keys =
+      stage_window(k + base, p.keys, block.first, p.window, p.dim, window_memory<scalar_t>(0, p));
+  const RowSource<scalar_t> values =
+      stage_window(v + base, p.keys, block.first, p.window, p.dim, window_memory<scalar_t>(1, p));
+  __syncthreads();
   const int warp = threadIdx.x / 32;
-  const int64_t row = static_cast<int64_t>(blockIdx.x) * kWarps + warp;
-  if (row >= p.batch * p.heads * p.queries) return;
-  const int64_t bh = row / p.queries;
+  const int64_t i = block.first + warp;
+  if (i >= p.queries) return;
+  const int64_t row = block.bh * p.queries + i;
   SharedRows& mine = shared[warp];
   cache_row(mine.query, q + row * p.dim, p.dim);
-  const float row_lse = row_scores(p, row, mine.query, k, mine.scores);
-  const int64_t* slots = p.slot_list(row);
+  const int64_t* slots = p.slot_list(block.bh, i);
+  const float row_lse = row_scores(p, slots, mine.query, keys, mine.scores);
   float acc[kColumnsPerLane] = {};
   for (int64_t l = 0; l < p.slots; ++l) {
-    if (slots[l] >= 0) {
-      add_scaled_row(acc, math::softmax_prob(mine.scores[l], row_lse), v + (bh * p.keys + slots[l]) * p.dim, p.dim);
-    }
+    if (slots[l] >= 0) add_scaled_row(acc, math::softmax_prob(mine.scores[l], row_lse), values.row(slots[l]), p.dim);
   }
   store_row(out + row * p.dim, acc, p.dim);
   if (threadIdx.x % 32 == 0) lse[row] = row_lse;
@@ -132,26 +185,33 @@ __global__ void __launch_bounds__(kWarps * 32)
                       const scalar_t* grad_out, const float* lse, float* probs, float* grad_scores, scalar_t* grad_q) {
   __shared__ SharedRows shared[kWarps];
   __shared__ float shared_grad_out[kWarps][kMaxDim];
+  const BlockRows block(p.queries);
+  const int64_t base = block.bh * p.keys * p.dim;
+  const RowSource<scalar_t> keys =
+      stage_window(k + base, p.keys, block.first, p.window, p.dim, window_memory<scalar_t>(0, p));
+  const RowSource<scalar_t> values =
+      stage_window(v + base, p.keys, block.first, p.window, p.dim, window_memory<scalar_t>(1, p));
+  __syncthreads();
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-  const int64_t row = static_cast<int64_t>(blockIdx.x) * kWarps + warp;
-  if (row >= p.batch * p.heads * p.queries) return;
-  const int64_t bh = row / p.queries;
+  const int64_t i = block.first + warp;
+  if (i >= p.queries) return;
+  const int64_t row = block.bh * p.queries + i;
   SharedRows& mine = shared[warp];
   cache_row(mine.query, q + row * p.dim, p.dim);
   cache_row(shared_grad_out[warp], grad_out + row * p.dim, p.dim);
   const float delta = warp_dot(shared_grad_out[warp], out + row * p.dim, p.dim);  // dO_i . out_i
   const float row_lse = lse[row];
-  const int64_t* slots = p.slot_list(row);
+  const int64_t* slots = p.slot_list(block.bh, i);
   float acc[kColumnsPerLane] = {};
   for (int64_t l = 0; l < p.slots; ++l) {
     const int64_t j = slots[l];
     float prob = 0.f, grad_score = 0.f;
     if (j >= 0) {
-      const float score = p.scale * warp_dot(mine.query, k + (bh * p.keys + j) * p.dim, p.dim);
-      prob = math::softmax_prob(score, row_lse);
-      const float grad_prob = warp_dot(shared_grad_out[warp], v + (bh * p.keys + j) * p.dim, p.dim);
+      const scalar_t* key = keys.row(j);
+      prob = math::softmax_prob(p.scale * warp_dot(mine.query, key, p.dim), row_lse);
+      const float grad_prob = warp_dot(shared_grad_out[warp], values.row(j), p.dim);
       grad_score = math::softmax_logit_grad(prob, grad_prob, delta);
-      add_scaled_row(acc, p.scale * grad_score, k + (bh * p.keys + j) * p.dim, p.dim);
+      add_scaled_row(acc, p.scale * grad_score, key, p.dim);
     }
     if (lane == 0) {
       probs[row * p.slots + l] = prob;
@@ -162,22 +222,30 @@ __global__ void __launch_bounds__(kWarps * 32)
 }
 
 // Per key row: dL/dk and dL/dv over the slots that name the key, in the fixed order of
-// the per-key lists (perm, offsets), so the sums never depend on scheduling.
+// the per-key lists (perm, offsets), so the sums never depend on scheduling. The window
+// here stages the query-side rows (q and dO) around the block's keys.
 template <class scalar_t>
 __global__ void __launch_bounds__(kWarps * 32)
     key_grad_kernel(Params p, const scalar_t* q, const scalar_t* grad_out, const float* probs,
                     const float* grad_scores, const int64_t* perm, const int64_t* offsets, scalar_t* grad_k,
                     scalar_t* grad_v) {
-  const int64_t key_row = static_cast<int64_t>(blockIdx.x) * kWarps + threadIdx.x / 32;
-  if (key_row >= p.batch * p.heads * p.keys) return;
-  const int64_t bh = key_row / p.keys, j = key_row % p.keys, set = p.index_set(bh);
+  const BlockRows block(p.keys);
+  const int64_t base = block.bh * p.queries * p.dim;
+  const RowSource<scalar_t> queries =
+      stage_window(q + base, p.queries, block.first, p.window, p.dim, window_memory<scalar_t>(0, p));
+  const RowSource<scalar_t> grads_out =
+      stage_window(grad_out + base, p.queries, block.first, p.window, p.dim, window_memory<scalar_t>(1, p));
+  __syncthreads();
+  const int64_t j = block.first + threadIdx.x / 32;
+  if (j >= p.keys) return;
+  const int64_t key_row = block.bh * p.keys + j, set = p.index_set(block.bh);
   const int64_t* list = perm + set * p.queries * p.slots;
   float dk[kColumnsPerLane] = {}, dv[kColumnsPerLane] = {};
   for (int64_t e = offsets[set * (p.keys + 1) + j]; e < offsets[set * (p.keys + 1) + j + 1]; ++e) {
-    const int64_t slot = bh * p.queries * p.slots + list[e];  // list[e] = i L + l
-    const int64_t query_row = bh * p.queries + list[e] / p.slots;
-    add_scaled_row(dk, p.scale * grad_scores[slot], q + query_row * p.dim, p.dim);
-    add_scaled_row(dv, probs[slot], grad_out + query_row * p.dim, p.dim);
+    const int64_t slot = block.bh * p.queries * p.slots + list[e];  // list[e] = i L + l
+    const int64_t i = list[e] / p.slots;
+    add_scaled_row(dk, p.scale * grad_scores[slot], queries.row(i), p.dim);
+    add_scaled_row(dv, probs[slot], grads_out.row(i), p.dim);
   }
   store_row(grad_k + key_row * p.dim, dk, p.dim);
   store_row(grad_v + key_row * p.dim, dv, p.dim);
