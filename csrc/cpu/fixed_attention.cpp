@@ -8,7 +8,6 @@
 // own P, and the batch sum runs in a fixed order (deterministic).
 
 #include <ATen/ATen.h>
-#include <ATen/Parallel.h>
 #include <torch/library.h>
 
 #include <algorithm>
@@ -106,22 +105,22 @@ std::tuple<at::Tensor, at::Tensor> fixed_attention_forward_cpu(const at::Tensor&
   if (T == 0 || H == 0) return {out, lse};
   const HeadGroups groups(H, T, logits.element_size());
   AT_DISPATCH_FLOATING_TYPES(logits.scalar_type(), "fixed_attention_forward_cpu", [&] {
-    // One task per (softmax set, head group); a lone task lets ATen use every thread.
-    at::parallel_for(0, s_count * groups.count, 1, [&](int64_t begin, int64_t end) {
-      for (int64_t task = begin; task < end; ++task) {
-        const int64_t s = task / groups.count, h0 = (task % groups.count) * groups.size;
-        const int64_t n = std::min(groups.size, H - h0);
-        const at::Tensor scores = masked_scores(logits, mask, s, h0, n);
-        const at::Tensor lse_rows = lse[s].narrow(0, h0, n);
-        row_logsumexp<scalar_t>(scores, lse_rows);
-        const at::Tensor probs = probabilities(scores, lse_rows);
-        if (s_count == 1) {
-          out.narrow(1, h0, n).copy_(columns_as_batch(at::bmm(probs, batch_as_columns(v, h0, n)), B, D));
-        } else {
-          out[s].narrow(0, h0, n).copy_(at::bmm(probs, v[s].narrow(0, h0, n)));
-        }
+    // One task per (softmax set, head group), in turn: each is a few large ATen products
+    // that use every thread themselves (inside at::parallel_for they would run on one, and
+    // without the caller's dispatch state).
+    for (int64_t task = 0; task < s_count * groups.count; ++task) {
+      const int64_t s = task / groups.count, h0 = (task % groups.count) * groups.size;
+      const int64_t n = std::min(groups.size, H - h0);
+      const at::Tensor scores = masked_scores(logits, mask, s, h0, n);
+      const at::Tensor lse_rows = lse[s].narrow(0, h0, n);
+      row_logsumexp<scalar_t>(scores, lse_rows);
+      const at::Tensor probs = probabilities(scores, lse_rows);
+      if (s_count == 1) {
+        out.narrow(1, h0, n).copy_(columns_as_batch(at::bmm(probs, batch_as_columns(v, h0, n)), B, D));
+      } else {
+        out[s].narrow(0, h0, n).copy_(at::bmm(probs, v[s].narrow(0, h0, n)));
       }
-    });
+    }
   });
   return {out, lse};
 }
@@ -141,31 +140,30 @@ std::tuple<at::Tensor, at::Tensor> fixed_attention_backward_cpu(const at::Tensor
   const at::Tensor delta = (grad_out * out).sum(-1);
   const HeadGroups groups(H, T, logits.element_size());
   AT_DISPATCH_FLOATING_TYPES(logits.scalar_type(), "fixed_attention_backward_cpu", [&] {
-    // One task per head group: its logits gradient sums the batch in order, in one task.
-    at::parallel_for(0, groups.count, 1, [&](int64_t begin, int64_t end) {
-      for (int64_t task = begin; task < end; ++task) {
-        const int64_t h0 = task * groups.size, n = std::min(groups.size, H - h0);
-        at::Tensor grad_logits_group = grad_logits.narrow(0, h0, n).zero_();
-        if (s_count == 1) {
-          const at::Tensor probs = probabilities(logits.narrow(0, h0, n), lse[0].narrow(0, h0, n));
-          const at::Tensor grad_out_columns = batch_as_columns(grad_out, h0, n);
-          grad_v.narrow(1, h0, n).copy_(columns_as_batch(at::bmm(probs.transpose(1, 2), grad_out_columns), B, D));
-          // sum_b dO_b V_b^T: the batch is the inner dimension of one product per head.
-          const at::Tensor grad_probs = at::bmm(grad_out_columns, batch_as_columns(v, h0, n).transpose(1, 2));
-          const at::Tensor delta_group = delta.narrow(1, h0, n).sum(0).contiguous();
-          accumulate_logit_grad<scalar_t>(grad_logits_group, probs, grad_probs.contiguous(), delta_group);
-        } else {
-          for (int64_t b = 0; b < B; ++b) {
-            const at::Tensor probs = probabilities(masked_scores(logits, mask, b, h0, n), lse[b].narrow(0, h0, n));
-            const at::Tensor grad_out_group = grad_out[b].narrow(0, h0, n);
-            grad_v[b].narrow(0, h0, n).copy_(at::bmm(probs.transpose(1, 2), grad_out_group));
-            const at::Tensor grad_probs = at::bmm(grad_out_group, v[b].narrow(0, h0, n).transpose(1, 2));
-            accumulate_logit_grad<scalar_t>(grad_logits_group, probs, grad_probs.contiguous(),
-                                            delta[b].narrow(0, h0, n).contiguous());
-          }
+    // One task per head group, in turn (as in the forward): its logits gradient sums the
+    // batch in order, in one task.
+    for (int64_t task = 0; task < groups.count; ++task) {
+      const int64_t h0 = task * groups.size, n = std::min(groups.size, H - h0);
+      at::Tensor grad_logits_group = grad_logits.narrow(0, h0, n).zero_();
+      if (s_count == 1) {
+        const at::Tensor probs = probabilities(logits.narrow(0, h0, n), lse[0].narrow(0, h0, n));
+        const at::Tensor grad_out_columns = batch_as_columns(grad_out, h0, n);
+        grad_v.narrow(1, h0, n).copy_(columns_as_batch(at::bmm(probs.transpose(1, 2), grad_out_columns), B, D));
+        // sum_b dO_b V_b^T: the batch is the inner dimension of one product per head.
+        const at::Tensor grad_probs = at::bmm(grad_out_columns, batch_as_columns(v, h0, n).transpose(1, 2));
+        const at::Tensor delta_group = delta.narrow(1, h0, n).sum(0).contiguous();
+        accumulate_logit_grad<scalar_t>(grad_logits_group, probs, grad_probs.contiguous(), delta_group);
+      } else {
+        for (int64_t b = 0; b < B; ++b) {
+          const at::Tensor probs = probabilities(masked_scores(logits, mask, b, h0, n), lse[b].narrow(0, h0, n));
+          const at::Tensor grad_out_group = grad_out[b].narrow(0, h0, n);
+          grad_v[b].narrow(0, h0, n).copy_(at::bmm(probs.transpose(1, 2), grad_out_group));
+          const at::Tensor grad_probs = at::bmm(grad_out_group, v[b].narrow(0, h0, n).transpose(1, 2));
+          accumulate_logit_grad<scalar_t>(grad_logits_group, probs, grad_probs.contiguous(),
+                                          delta[b].narrow(0, h0, n).contiguous());
         }
       }
-    });
+    }
   });
   return {grad_logits, grad_v};
 }
