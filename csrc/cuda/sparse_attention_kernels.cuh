@@ -151,17 +151,30 @@ __device__ scalar_t* window_memory(int which, const Params& p) {
   return reinterpret_cast<scalar_t*>(dynamic_shared) + which * p.window * p.dim;
 }
 
+// The block's windows over two (rows, D) matrices of its (batch, head), a and b, in the
+// two halves of the dynamic shared memory, staged and synchronised.
+template <class scalar_t>
+struct Windows {
+  RowSource<scalar_t> a, b;
+};
+
+template <class scalar_t>
+__device__ Windows<scalar_t> stage_windows(const Params& p, const BlockRows& block, const scalar_t* a,
+                                           const scalar_t* b, int64_t rows) {
+  const int64_t base = block.bh * rows * p.dim;
+  const Windows<scalar_t> windows{
+      stage_window(a + base, rows, block.first, p.window, p.dim, window_memory<scalar_t>(0, p)),
+      stage_window(b + base, rows, block.first, p.window, p.dim, window_memory<scalar_t>(1, p))};
+  __syncthreads();
+  return windows;
+}
+
 template <class scalar_t>
 __global__ void __launch_bounds__(kWarps * 32)
     forward_kernel(Params p, const scalar_t* q, const scalar_t* k, const scalar_t* v, scalar_t* out, float* lse) {
   __shared__ SharedRows shared[kWarps];
   const BlockRows block(p.queries);
-  const int64_t base = block.bh * p.keys * p.dim;
-  const RowSource<scalar_t> keys =
-      stage_window(k + base, p.keys, block.first, p.window, p.dim, window_memory<scalar_t>(0, p));
-  const RowSource<scalar_t> values =
-      stage_window(v + base, p.keys, block.first, p.window, p.dim, window_memory<scalar_t>(1, p));
-  __syncthreads();
+  const auto [keys, values] = stage_windows(p, block, k, v, p.keys);
   const int warp = threadIdx.x / 32;
   const int64_t i = block.first + warp;
   if (i >= p.queries) return;
@@ -186,12 +199,7 @@ __global__ void __launch_bounds__(kWarps * 32)
   __shared__ SharedRows shared[kWarps];
   __shared__ float shared_grad_out[kWarps][kMaxDim];
   const BlockRows block(p.queries);
-  const int64_t base = block.bh * p.keys * p.dim;
-  const RowSource<scalar_t> keys =
-      stage_window(k + base, p.keys, block.first, p.window, p.dim, window_memory<scalar_t>(0, p));
-  const RowSource<scalar_t> values =
-      stage_window(v + base, p.keys, block.first, p.window, p.dim, window_memory<scalar_t>(1, p));
-  __syncthreads();
+  const auto [keys, values] = stage_windows(p, block, k, v, p.keys);
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int64_t i = block.first + warp;
   if (i >= p.queries) return;
@@ -230,12 +238,7 @@ __global__ void __launch_bounds__(kWarps * 32)
                     const float* grad_scores, const int64_t* perm, const int64_t* offsets, scalar_t* grad_k,
                     scalar_t* grad_v) {
   const BlockRows block(p.keys);
-  const int64_t base = block.bh * p.queries * p.dim;
-  const RowSource<scalar_t> queries =
-      stage_window(q + base, p.queries, block.first, p.window, p.dim, window_memory<scalar_t>(0, p));
-  const RowSource<scalar_t> grads_out =
-      stage_window(grad_out + base, p.queries, block.first, p.window, p.dim, window_memory<scalar_t>(1, p));
-  __syncthreads();
+  const auto [queries, grads_out] = stage_windows(p, block, q, grad_out, p.queries);
   const int64_t j = block.first + threadIdx.x / 32;
   if (j >= p.keys) return;
   const int64_t key_row = block.bh * p.keys + j, set = p.index_set(block.bh);
