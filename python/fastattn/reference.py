@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["fixed_attention", "sparse_attention", "mips_transform", "alsh_hash", "topk_keys"]
+__all__ = ["fixed_attention", "sparse_attention", "mips_transform", "alsh_hash", "topk_keys", "favor_attention"]
 
 
 def fixed_attention(
@@ -160,3 +160,21 @@ def topk_keys(q_codes, k_codes, L, *, key_padding_mask=None, mode="hamming", q=N
         order = by_tie.gather(-1, by_score)
         chosen = torch.where(valid.gather(-1, order), order, -1)[..., :L]
     return torch.nn.functional.pad(chosen, (0, L - chosen.shape[-1]), value=-1).int()
+
+
+def favor_attention(q, k, v, features, key_padding_mask=None):
+    """Performer's FAVOR+ (bidirectional) in its T x T form, for the module
+    `fastattn.nn.SelfAttention(kind="performer")`: with phi(x) = exp(W x' - ||x'||^2 / 2)
+    / sqrt(m), x' = x / D^(1/4) and W = features (m, D), A_ij = phi(q_i) . phi(k_j) and
+    out_i = sum_j A_ij v_j / sum_j A_ij over the non-padded j. A row with no key gives
+    zeros. No overflow guard: for tests on small values."""
+
+    def phi(x):
+        x = x * x.shape[-1] ** -0.25
+        return torch.exp(x @ features.T - x.square().sum(-1, keepdim=True) / 2) / features.shape[0] ** 0.5
+
+    scores = phi(q) @ phi(k).transpose(-1, -2)
+    if key_padding_mask is not None:
+        scores = scores.masked_fill(key_padding_mask[:, None, None, :], 0)
+    total = scores.sum(-1, keepdim=True)
+    return torch.where(total > 0, scores / total, 0) @ v
