@@ -39,6 +39,7 @@ step bench_sparse_attention_random "$python" bench/sparse_attention.py --device 
   --patterns random --lengths 1024,4096,8192 --markdown "$logs/benchmarks.md"
 step bench_sparse_attention_strided "$python" bench/sparse_attention.py --device cuda --dtype bfloat16 \
   --patterns strided --lengths 1024,4096,8192,16384 --markdown "$logs/benchmarks.md"
+step bench_encoder "$python" bench/encoder.py --device cuda --markdown "$logs/benchmarks.md"
 for dtype in bfloat16 float16; do
   step "bench_fixed_attention_$dtype" "$python" bench/fixed_attention.py --device cuda --dtype "$dtype" \
     --markdown "$logs/benchmarks.md"
