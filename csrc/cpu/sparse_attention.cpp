@@ -177,32 +177,34 @@ std::tuple<at::Tensor, at::Tensor> sparse_attention_forward_cpu(const at::Tensor
   const at::Tensor q = q_in.contiguous(), k = k_in.contiguous(), v = v_in.contiguous(), indices = as_long(indices_in);
   at::Tensor out = new_output(q.sizes(), q.options());
   at::Tensor lse = new_output({q.size(0), q.size(1), q.size(2)}, q.options());
-  AT_DISPATCH_FLOATING_TYPES(q.scalar_type(), "sparse_attention_forward_cpu", [&] { with_head_dim(q.size(3), [&](auto dim) {
-    const Problem<scalar_t, decltype(dim)::value> p(q, k, v, indices, scale);
-    scalar_t* out_data = out.data_ptr<scalar_t>();
-    scalar_t* lse_data = lse.data_ptr<scalar_t>();
-    parallel_blocks(p.B * p.H * p.Tq, kRowsPerTask, [&](int64_t begin, int64_t end) FASTATTN_INLINE_BLOCK {
-      std::vector<scalar_t> scores(p.L);
-      for (int64_t row = begin; row < end; ++row) {
-        const int64_t bh = row / p.Tq;
-        const int64_t* slots = p.slots(row);
-        const scalar_t row_max = row_scores(p, row, scores.data());
-        scalar_t sum = 0;
-        for (int64_t l = 0; l < p.L; ++l) {  // scores become their shifted_exp terms
-          if (slots[l] >= 0) sum += scores[l] = math::shifted_exp(scores[l], row_max);
-        }
-        scalar_t* dst = out_data + row * p.dim();
-        std::fill(dst, dst + p.dim(), scalar_t(0));
-        for (int64_t l = 0; l < p.L; ++l) {
-          prefetch_row(p, slots, l + kPrefetchDistance, p.value(bh, 0));
-          if (slots[l] >= 0) {
-            add_scaled(dst, math::softmax_prob_from_terms(scores[l], sum), p.value(bh, slots[l]), p.dim());
+  AT_DISPATCH_FLOATING_TYPES(q.scalar_type(), "sparse_attention_forward_cpu", [&] {
+    with_head_dim(q.size(3), [&](auto dim) {
+      const Problem<scalar_t, decltype(dim)::value> p(q, k, v, indices, scale);
+      scalar_t* out_data = out.data_ptr<scalar_t>();
+      scalar_t* lse_data = lse.data_ptr<scalar_t>();
+      parallel_blocks(p.B * p.H * p.Tq, kRowsPerTask, [&](int64_t begin, int64_t end) FASTATTN_INLINE_BLOCK {
+        std::vector<scalar_t> scores(p.L);
+        for (int64_t row = begin; row < end; ++row) {
+          const int64_t bh = row / p.Tq;
+          const int64_t* slots = p.slots(row);
+          const scalar_t row_max = row_scores(p, row, scores.data());
+          scalar_t sum = 0;
+          for (int64_t l = 0; l < p.L; ++l) {  // scores become their shifted_exp terms
+            if (slots[l] >= 0) sum += scores[l] = math::shifted_exp(scores[l], row_max);
           }
+          scalar_t* dst = out_data + row * p.dim();
+          std::fill(dst, dst + p.dim(), scalar_t(0));
+          for (int64_t l = 0; l < p.L; ++l) {
+            prefetch_row(p, slots, l + kPrefetchDistance, p.value(bh, 0));
+            if (slots[l] >= 0) {
+              add_scaled(dst, math::softmax_prob_from_terms(scores[l], sum), p.value(bh, slots[l]), p.dim());
+            }
+          }
+          lse_data[row] = math::softmax_lse(row_max, sum);
         }
-        lse_data[row] = math::softmax_lse(row_max, sum);
-      }
+      });
     });
-  }); });
+  });
   return {out, lse};
 }
 
@@ -222,49 +224,52 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> sparse_attention_backward_cpu(
   at::Tensor grad_k = at::zeros(k.sizes(), k.options()), grad_v = at::zeros(v.sizes(), v.options());
   at::Tensor extra_grad_k = at::zeros({shares - 1, k.size(0), k.size(1), k.size(2), k.size(3)}, k.options());
   at::Tensor extra_grad_v = at::zeros_like(extra_grad_k);
-  AT_DISPATCH_FLOATING_TYPES(q.scalar_type(), "sparse_attention_backward_cpu", [&] { with_head_dim(q.size(3), [&](auto dim) {
-    const Problem<scalar_t, decltype(dim)::value> p(q, k, v, indices, scale);
-    const scalar_t* dO = grad_out.data_ptr<scalar_t>();
-    const scalar_t* out_data = out.data_ptr<scalar_t>();
-    const scalar_t* lse_data = lse.data_ptr<scalar_t>();
-    scalar_t* dq = grad_q.data_ptr<scalar_t>();
-    const auto share_rows = [&](const at::Tensor& first, const at::Tensor& extra, int64_t share, int64_t bh) {
-      scalar_t* base = share == 0 ? first.data_ptr<scalar_t>() : extra.data_ptr<scalar_t>() + (share - 1) * first.numel();
-      return base + bh * p.Tk * p.dim();
-    };
-    parallel_blocks(pairs * shares, 1, [&](int64_t begin, int64_t end) FASTATTN_INLINE_BLOCK {
-      std::vector<scalar_t> scores(p.L);
-      for (int64_t task = begin; task < end; ++task) {
-        const int64_t share = task / pairs, bh = task % pairs;
-        scalar_t* dk = share_rows(grad_k, extra_grad_k, share, bh);
-        scalar_t* dv = share_rows(grad_v, extra_grad_v, share, bh);
-        const int64_t first = bh * p.Tq + share * rows_per_share;
-        const int64_t last = bh * p.Tq + std::min(p.Tq, (share + 1) * rows_per_share);
-        for (int64_t row = first; row < last; ++row) {
-          const int64_t* slots = p.slots(row);
-          const scalar_t* query = p.q + row * p.dim();
-          const scalar_t* grad_row = dO + row * p.dim();
-          const scalar_t delta = dot(grad_row, out_data + row * p.dim(), p.dim());  // dO_i . out_i
-          row_scores(p, row, scores.data());  // the scores again; the saved lse normalises them
-          scalar_t* dq_row = dq + row * p.dim();
-          std::fill(dq_row, dq_row + p.dim(), scalar_t(0));
-          for (int64_t l = 0; l < p.L; ++l) {
-            prefetch_row(p, slots, l + kPrefetchDistance, p.value(bh, 0));
-            prefetch_row<true>(p, slots, l + kPrefetchDistance, dk);
-            prefetch_row<true>(p, slots, l + kPrefetchDistance, dv);
-            const int64_t j = slots[l];
-            if (j < 0) continue;
-            const scalar_t prob = math::softmax_prob(scores[l], lse_data[row]);
-            const scalar_t grad_prob = dot(grad_row, p.value(bh, j), p.dim());
-            const scalar_t grad_score = p.scale * math::softmax_logit_grad(prob, grad_prob, delta);
-            add_scaled(dq_row, grad_score, p.key(bh, j), p.dim());
-            add_scaled(dk + j * p.dim(), grad_score, query, p.dim());
-            add_scaled(dv + j * p.dim(), prob, grad_row, p.dim());
+  AT_DISPATCH_FLOATING_TYPES(q.scalar_type(), "sparse_attention_backward_cpu", [&] {
+    with_head_dim(q.size(3), [&](auto dim) {
+      const Problem<scalar_t, decltype(dim)::value> p(q, k, v, indices, scale);
+      const scalar_t* dO = grad_out.data_ptr<scalar_t>();
+      const scalar_t* out_data = out.data_ptr<scalar_t>();
+      const scalar_t* lse_data = lse.data_ptr<scalar_t>();
+      scalar_t* dq = grad_q.data_ptr<scalar_t>();
+      const auto share_rows = [&](const at::Tensor& first, const at::Tensor& extra, int64_t share, int64_t bh) {
+        scalar_t* base =
+            share == 0 ? first.data_ptr<scalar_t>() : extra.data_ptr<scalar_t>() + (share - 1) * first.numel();
+        return base + bh * p.Tk * p.dim();
+      };
+      parallel_blocks(pairs * shares, 1, [&](int64_t begin, int64_t end) FASTATTN_INLINE_BLOCK {
+        std::vector<scalar_t> scores(p.L);
+        for (int64_t task = begin; task < end; ++task) {
+          const int64_t share = task / pairs, bh = task % pairs;
+          scalar_t* dk = share_rows(grad_k, extra_grad_k, share, bh);
+          scalar_t* dv = share_rows(grad_v, extra_grad_v, share, bh);
+          const int64_t first = bh * p.Tq + share * rows_per_share;
+          const int64_t last = bh * p.Tq + std::min(p.Tq, (share + 1) * rows_per_share);
+          for (int64_t row = first; row < last; ++row) {
+            const int64_t* slots = p.slots(row);
+            const scalar_t* query = p.q + row * p.dim();
+            const scalar_t* grad_row = dO + row * p.dim();
+            const scalar_t delta = dot(grad_row, out_data + row * p.dim(), p.dim());  // dO_i . out_i
+            row_scores(p, row, scores.data());  // the scores again; the saved lse normalises them
+            scalar_t* dq_row = dq + row * p.dim();
+            std::fill(dq_row, dq_row + p.dim(), scalar_t(0));
+            for (int64_t l = 0; l < p.L; ++l) {
+              prefetch_row(p, slots, l + kPrefetchDistance, p.value(bh, 0));
+              prefetch_row<true>(p, slots, l + kPrefetchDistance, dk);
+              prefetch_row<true>(p, slots, l + kPrefetchDistance, dv);
+              const int64_t j = slots[l];
+              if (j < 0) continue;
+              const scalar_t prob = math::softmax_prob(scores[l], lse_data[row]);
+              const scalar_t grad_prob = dot(grad_row, p.value(bh, j), p.dim());
+              const scalar_t grad_score = p.scale * math::softmax_logit_grad(prob, grad_prob, delta);
+              add_scaled(dq_row, grad_score, p.key(bh, j), p.dim());
+              add_scaled(dk + j * p.dim(), grad_score, query, p.dim());
+              add_scaled(dv + j * p.dim(), prob, grad_row, p.dim());
+            }
           }
         }
-      }
+      });
     });
-  }); });
+  });
   // The shares in share order; a sum over dim 0 might run in any order.
   for (int64_t share = 1; share < shares; ++share) {
     grad_k.add_(extra_grad_k[share - 1]);
