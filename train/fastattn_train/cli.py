@@ -1,0 +1,143 @@
+"""The `fastattn` command: build a corpus, pre-train an encoder, probe it, or run the main job.
+
+    fastattn corpus data/synth                                  # the default eSpeak NG corpus
+    fastattn pretrain data/synth --config tiny --set model.attention=strided --out runs/strided
+    fastattn probe data/synth --checkpoint runs/strided/checkpoint.pt
+    fastattn probe data/synth --log-mel                         # the paper's "Mel features" row
+    fastattn main                                               # corpus, two models, probes, the table
+
+Every sub-command explains its options with --help.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+DESCRIPTION = __doc__
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="fastattn", description=DESCRIPTION,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for add in (_corpus_parser, _pretrain_parser, _probe_parser, _main_job_parser):
+        add(commands)
+    args = parser.parse_args(argv)
+    return args.run(args) or 0
+
+
+def _corpus_parser(commands) -> None:
+    parser = commands.add_parser(
+        "corpus", help="synthesise a labelled LibriSpeech-layout corpus with eSpeak NG",
+        description="Synthesise a LibriSpeech-layout corpus (16 kHz WAV, speaker from the path, 10 ms frame "
+                    "phone labels in s3prl format under phones/<split>.txt, manifest.json) with eSpeak NG. "
+                    "The output is byte-identical for a seed, whatever the number of workers.")
+    parser.add_argument("root", type=Path, help="where to write it; must not exist or be empty")
+    parser.add_argument("--speakers", type=int, default=40, help="distinct random voices (default 40)")
+    parser.add_argument("--utterances", type=int, default=30,
+                        help="utterances per speaker, split train/dev/test 80/10/10 (default 30)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of voices and sentences (default 0)")
+    parser.add_argument("--workers", type=int, default=2, help="synthesis processes (default 2)")
+    parser.set_defaults(run=_run_corpus)
+
+
+def _run_corpus(args) -> None:
+    from fastattn_train.corpus.build import build_corpus
+
+    manifest = build_corpus(args.root, speakers=args.speakers, utterances_per_speaker=args.utterances,
+                            seed=args.seed, workers=args.workers)
+    print(json.dumps({key: manifest[key] for key in ("splits", "seconds") if key in manifest}, indent=1))
+
+
+def _add_corpus_arguments(parser) -> None:
+    parser.add_argument("corpus", type=Path, help="a LibriSpeech-layout corpus (e.g. built by `fastattn corpus`)")
+    parser.add_argument("--deltas", action="store_true", help="append deltas and delta-deltas (240 features)")
+    parser.add_argument("--cache", type=Path, default=None,
+                        help="feature cache folder (default: $XDG_CACHE_HOME/fastattn_train/features)")
+
+
+def _pretrain_parser(commands) -> None:
+    parser = commands.add_parser(
+        "pretrain", help="pre-train an Audio ALBERT encoder with the masked acoustic model",
+        description="Pre-train on the train split of a corpus. Resumes from OUT_DIR/checkpoint.pt when it "
+                    "exists (a killed run resumed ends where an uninterrupted one ends). Writes log.jsonl "
+                    "(and TensorBoard events when tensorboard is installed). Multi-GPU and multi-node: "
+                    "launch with torchrun.")
+    _add_corpus_arguments(parser)
+    parser.add_argument("--config", default="tiny",
+                        help="a YAML file, or the name of a bundled one: tiny (CPU) or paper (default tiny)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a config key, dotted for sections (model.attention=strided, "
+                             "optim.lr=1e-4, max_steps=100); the value is read as YAML; repeatable")
+    parser.add_argument("--out", type=Path, default=None, help="output folder (default: the config's out_dir)")
+    parser.add_argument("--fresh", action="store_true", help="ignore an existing checkpoint instead of resuming")
+    parser.set_defaults(run=_run_pretrain)
+
+
+def _run_pretrain(args) -> None:
+    from fastattn_train.settings import pretrain_config
+    from fastattn_train.dataset import collate
+    from fastattn_train.pretrain import pretrain
+
+    config = pretrain_config(args.config, args.overrides)
+    if args.out is not None:
+        config.out_dir = str(args.out)
+    train = _dataset(args, "train")
+    print(json.dumps(pretrain(config, train, collate, resume=not args.fresh), indent=1))
+
+
+def _probe_parser(commands) -> None:
+    parser = commands.add_parser(
+        "probe", help="the paper's four probes on frozen features of a checkpoint or of log-mel",
+        description="Train the four probes (utterance speaker, frame speaker, phoneme with 1 and 2 hidden "
+                    "layers) on the train split, select each on dev, and print test accuracy as JSON.")
+    _add_corpus_arguments(parser)
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--checkpoint", type=Path, help="a checkpoint written by `fastattn pretrain`")
+    source.add_argument("--log-mel", action="store_true", help="probe the input features themselves")
+    parser.add_argument("--hidden", type=int, default=768, help="width of the phoneme probes' hidden layers")
+    parser.add_argument("--epochs", type=int, default=50, help="most epochs per probe (early stopping on dev)")
+    parser.add_argument("--out", type=Path, default=None, help="also write the results to this JSON file")
+    parser.set_defaults(run=_run_probe)
+
+
+def _run_probe(args) -> None:
+    from fastattn_train.dataset import collate
+    from fastattn_train.pretrain import load_encoder
+    from fastattn_train.probes import ProbeConfig, encoder_features, input_features, run_probes
+
+    extractor = input_features if args.log_mel else encoder_features(load_encoder(args.checkpoint))
+    splits = [_dataset(args, split) for split in ("train", "dev", "test")]
+    results = run_probes(extractor, *splits, collate, ProbeConfig(hidden_size=args.hidden, max_epochs=args.epochs))
+    text = json.dumps(results, indent=1)
+    print(text)
+    if args.out is not None:
+        args.out.write_text(text + "\n")
+
+
+def _main_job_parser(commands) -> None:
+    from fastattn_train import main_job
+
+    parser = commands.add_parser(
+        "main", help="the main job: corpus, pre-train full and fixed_pattern, probe, print a Table 2",
+        description=main_job.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", type=Path, default=Path("runs/main"),
+                        help="working folder: corpus, runs, report (default runs/main); rerunning resumes")
+    parser.add_argument("--kinds", default="full,fixed_pattern",
+                        help="comma-separated attention kinds to pre-train (default full,fixed_pattern)")
+    parser.add_argument("--steps", type=int, default=main_job.STEPS, help="pre-training steps per model")
+    parser.set_defaults(run=lambda args: main_job.run(args.out, args.kinds.split(","), steps=args.steps))
+
+
+def _dataset(args, split: str):
+    from fastattn_train.dataset import load_dataset
+    from fastattn_train.features import FeatureSettings
+
+    return load_dataset(args.corpus, split, FeatureSettings(deltas=args.deltas), cache_dir=args.cache)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
