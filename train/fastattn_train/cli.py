@@ -129,7 +129,13 @@ def _main_job_parser(commands) -> None:
     parser.add_argument("--kinds", default="full,fixed_pattern",
                         help="comma-separated attention kinds to pre-train (default full,fixed_pattern)")
     parser.add_argument("--steps", type=int, default=main_job.STEPS, help="pre-training steps per model")
-    parser.set_defaults(run=lambda args: main_job.run(args.out, args.kinds.split(","), steps=args.steps))
+    parser.set_defaults(run=_run_main_job)
+
+
+def _run_main_job(args) -> None:
+    from fastattn_train import main_job
+
+    main_job.run(args.out, args.kinds.split(","), steps=args.steps)
 
 
 def _dataset(args, split: str):
