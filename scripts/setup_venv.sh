@@ -18,7 +18,7 @@ fi
 pip=("$venv/bin/python" -m pip --disable-pip-version-check -q)
 # The build tools, then the test and train extras of pyproject.toml.
 "${pip[@]}" install "$torch_spec" numpy scikit-build-core ninja pytest hypothesis \
-  librosa soundfile soxr espeakng-loader==0.2.4 pyyaml >&2
+  librosa soundfile soxr espeakng-loader==0.2.4 pyyaml scikit-learn matplotlib >&2
 # --no-build-isolation: build against the torch above, the one that will load the library.
 "${pip[@]}" install --no-build-isolation --no-deps --force-reinstall "$root" >&2
 echo "$venv"

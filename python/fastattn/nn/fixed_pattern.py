@@ -39,8 +39,11 @@ def pattern_logits(num_heads: int, max_len: int, *, peak: float = 8.0, column_pe
 
 
 @torch.no_grad()
-def write_patterns(logits: torch.Tensor, *, peak: float, column_period: int) -> torch.Tensor:
-    """Fill (H, N, N) `logits` in place, head by head (no second (H, N, N) copy), with:
+def write_patterns(logits: torch.Tensor, *, peak: float, column_period: int,
+                   roles: list[str] | None = None) -> torch.Tensor:
+    """Fill (H, N, N) `logits` in place, head by head (no second (H, N, N) copy), head h with
+    the pattern of roles[h] (default `head_roles(H)`, the paper's split; the attention-map
+    analysis passes the roles it found in a trained model):
 
     - diagonal: `peak` at key j = i + offset, 0 elsewhere;
     - increasing: log(j + 1), so the weights grow in proportion to j + 1;
@@ -50,7 +53,7 @@ def write_patterns(logits: torch.Tensor, *, peak: float, column_period: int) -> 
 
     Each depends on i and j only, so a crop to T < N keeps its shape.
     """
-    roles = head_roles(logits.shape[0])
+    roles = head_roles(logits.shape[0]) if roles is None else list(roles)
     length = logits.shape[1]
     i = torch.arange(length, device=logits.device)[:, None]
     j = torch.arange(length, device=logits.device)[None, :]
