@@ -27,7 +27,9 @@ arch=$("$python" -c "import torch; print(''.join(map(str, torch.cuda.get_device_
 nvidia-smi > "$logs/nvidia-smi.txt" 2>&1
 step build env FASTATTN_CUDA=ON FASTATTN_WERROR=ON FASTATTN_CUDA_ARCHS="${FASTATTN_CUDA_ARCHS:-$arch}" \
   "$python" -m pip install --no-build-isolation --no-deps --force-reinstall -v .
-step tests "$python" -m pytest -p no:cacheprovider -ra tests
+# The training package's tests run on the CPU in CI; its dependencies (librosa, eSpeak NG)
+# are not on a GPU machine without a package registry.
+step tests "$python" -m pytest -p no:cacheprovider -ra tests --ignore-glob='tests/test_train_*'
 # The sanitizers slow every kernel a hundredfold: the CUDA cases without compile or hypothesis.
 kernel_tests=(-p no:cacheprovider -q -x tests/test_fixed_attention.py tests/test_lsh.py tests/test_sparse_attention.py
               -k "cuda and not compile and not random_shapes and not hash_matches and not topk_matches")
