@@ -10,16 +10,21 @@ import pytest
 pytest.importorskip("espeakng_loader")
 pytest.importorskip("yaml")
 
+import torch  # noqa: E402
+
+from fastattn.nn.fixed_pattern import ROLES  # noqa: E402
 from fastattn_train import main_job  # noqa: E402
+from fastattn_train.analysis import load_initialisation  # noqa: E402
 from fastattn_train.cli import main  # noqa: E402
 from fastattn_train.dataset import load_dataset  # noqa: E402
+from fastattn_train.pretrain import load_encoder  # noqa: E402
 
 TINY_MODEL = ["model.hidden_size=16", "model.num_heads=2", "model.ffn_size=32", "model.num_layers=1",
               "batch_size=2", "max_steps=3", "max_frames=100", "log_every=1", "checkpoint_every=3",
               "optim.warmup_steps=0"]
 
 
-@pytest.mark.parametrize("command", [[], ["corpus"], ["pretrain"], ["probe"], ["main"]])
+@pytest.mark.parametrize("command", [[], ["corpus"], ["pretrain"], ["probe"], ["analyse"], ["main"]])
 def test_every_command_explains_itself(command, capsys):
     with pytest.raises(SystemExit) as exit_:
         main([*command, "--help"])
@@ -34,16 +39,43 @@ def corpus(tmp_path_factory):
     return root
 
 
-def test_pretrain_then_probe(corpus, tmp_path):
-    run, cache = tmp_path / "run", tmp_path / "cache"
-    overrides = [arg for override in TINY_MODEL for arg in ("--set", override)]
-    main(["pretrain", str(corpus), "--cache", str(cache), "--out", str(run), *overrides])
+def overrides(settings: list[str]) -> list[str]:
+    return [arg for setting in settings for arg in ("--set", setting)]
+
+
+@pytest.fixture(scope="module")
+def pretrained(corpus, tmp_path_factory):
+    """(run folder, feature cache) of a 3-step tiny pre-training through the command."""
+    run, cache = tmp_path_factory.mktemp("run"), tmp_path_factory.mktemp("cache")
+    main(["pretrain", str(corpus), "--cache", str(cache), "--out", str(run), *overrides(TINY_MODEL)])
+    return run, cache
+
+
+def test_pretrain_then_probe(corpus, pretrained, tmp_path):
+    run, cache = pretrained
     log = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
     assert [entry["step"] for entry in log] == [1, 2, 3] and (run / "checkpoint.pt").exists()
     results = tmp_path / "probes.json"
     main(["probe", str(corpus), "--cache", str(cache), "--checkpoint", str(run / "checkpoint.pt"),
           "--hidden", "16", "--epochs", "2", "--out", str(results)])
     assert set(json.loads(results.read_text())["test"]) == set(main_job.COLUMNS)
+
+
+def test_analyse_then_start_fixed_pattern_from_it(corpus, pretrained, tmp_path):
+    run, cache = pretrained
+    analysis = tmp_path / "analysis"
+    main(["analyse", str(corpus), "--cache", str(cache), "--checkpoint", str(run / "checkpoint.pt"),
+          "--out", str(analysis), "--utterances", "3", "--max-len", "1200"])
+    roles = json.loads((analysis / "roles.json").read_text())["roles"]
+    assert len(roles) == 2 and set(roles) <= set(ROLES) and (analysis / "heads.png").stat().st_size > 0
+    init = analysis / "fixed_pattern_init.pt"
+    started = tmp_path / "started"
+    # A learning rate of ~0 keeps the weights where the initialisation put them.
+    main(["pretrain", str(corpus), "--cache", str(cache), "--out", str(started),
+          *overrides([*TINY_MODEL, "model.attention=fixed_pattern", "model.max_len=1200", f"init_fixed_pattern={init}",
+                      "optim.lr=1e-12", "optim.weight_decay=0"])])
+    logits = next(m.logits for m in load_encoder(started / "checkpoint.pt").modules() if hasattr(m, "logits"))
+    torch.testing.assert_close(logits, load_initialisation(init))
 
 
 def test_log_mel_probes_beat_chance_on_a_built_corpus(corpus, tmp_path):

@@ -4,6 +4,7 @@
     fastattn pretrain data/synth --config tiny --set model.attention=strided --out runs/strided
     fastattn probe data/synth --checkpoint runs/strided/checkpoint.pt
     fastattn probe data/synth --log-mel                         # the paper's "Mel features" row
+    fastattn analyse data/synth --checkpoint runs/strided/checkpoint.pt --out runs/strided/analysis
     fastattn main                                               # corpus, two models, probes, the table
 
 Every sub-command explains its options with --help.
@@ -23,7 +24,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="fastattn", description=DESCRIPTION,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for add in (_corpus_parser, _pretrain_parser, _probe_parser, _main_job_parser):
+    for add in (_corpus_parser, _pretrain_parser, _probe_parser, _analyse_parser, _main_job_parser):
         add(commands)
     args = parser.parse_args(argv)
     return args.run(args) or 0
@@ -116,6 +117,35 @@ def _run_probe(args) -> None:
     print(text)
     if args.out is not None:
         args.out.write_text(text + "\n")
+
+
+def _analyse_parser(commands) -> None:
+    parser = commands.add_parser(
+        "analyse", help="classify a trained encoder's heads and export a fixed_pattern initialisation",
+        description="The paper's attention-map analysis (section 4.3): collect each head's maps on the first "
+                    "utterances of a split, classify every head as diagonal, increasing, decreasing or sparse, "
+                    "and write roles.json, heads.png (PCA then t-SNE of the maps, coloured by head) and "
+                    "fixed_pattern_init.pt, which `fastattn pretrain --set init_fixed_pattern=PATH` starts "
+                    "fixed_pattern from.")
+    _add_corpus_arguments(parser)
+    parser.add_argument("--checkpoint", type=Path, required=True, help="a checkpoint written by `fastattn pretrain`")
+    parser.add_argument("--out", type=Path, required=True, help="folder for roles.json, heads.png and the init")
+    parser.add_argument("--split", default="dev", help="split whose utterances are analysed (default dev)")
+    parser.add_argument("--utterances", type=int, default=8, help="utterances to collect maps on (default 8)")
+    parser.add_argument("--layer", type=int, default=None, help="layer whose roles are exported (default: last)")
+    parser.add_argument("--max-len", type=int, default=1500,
+                        help="size of the exported logits: the max_len of the model it will start (default 1500)")
+    parser.set_defaults(run=_run_analyse)
+
+
+def _run_analyse(args) -> None:
+    from fastattn_train.analysis import analyse
+    from fastattn_train.dataset import collate
+    from fastattn_train.pretrain import load_encoder
+
+    summary = analyse(load_encoder(args.checkpoint), _dataset(args, args.split), collate, args.out,
+                      utterances=args.utterances, layer=args.layer, max_len=args.max_len)
+    print(json.dumps({"layer": summary["layer"], "roles": summary["roles"]}))
 
 
 def _main_job_parser(commands) -> None:

@@ -34,6 +34,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 from fastattn.nn import AudioALBERT, AudioALBERTConfig
 from fastattn_train.checkpoint import (load_checkpoint, restore_rng_state, rng_state, save_checkpoint,
                                        write_atomically)
+from fastattn_train.analysis.initialisation import apply_initialisation, load_initialisation
 from fastattn_train.masking import MaskingConfig, mask_frames
 
 DECAYS = ("linear", "cosine", "constant")
@@ -77,6 +78,9 @@ class PretrainConfig:
     num_workers: int = 0  # DataLoader worker processes
     out_dir: str = "runs/pretrain"
     progress: bool = True  # a progress bar on stderr (tqdm when installed)
+    # fixed_pattern logits written by `fastattn analyse` (fixed_pattern_init.pt): a fresh run
+    # starts its fixed_pattern attention from them instead of the paper's patterns.
+    init_fixed_pattern: str | None = None
 
     def __post_init__(self):
         for name in ("batch_size", "max_steps", "log_every", "checkpoint_every"):
@@ -250,6 +254,8 @@ def _train(config: PretrainConfig, dataset, collate, resume: bool, process: Proc
 
     torch.manual_seed(config.seed)  # the same initial weights on every rank
     model = MaskedAcousticModel(config.model).to(device)
+    if config.init_fixed_pattern is not None:
+        apply_initialisation(model.encoder, load_initialisation(config.init_fixed_pattern).to(device))
     optimizer = make_optimizer(model, config.optim)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor(config.optim, config.max_steps))
     # From here on the ranks draw different dropout, masks and crops.

@@ -47,5 +47,17 @@ def pretrain_config(name_or_path: str | Path, overrides: list[str] = ()) -> Pret
             target = target.setdefault(section, {})
             if not isinstance(target, dict):
                 raise ValueError(f"override {override!r}: {section!r} is not a section of the config")
-        target[leaf] = yaml.safe_load(text)
+        target[leaf] = _value(text)
     return config_from_dict(values, source=f"{path} with {', '.join(overrides) or 'no overrides'}")
+
+
+def _value(text: str):
+    """`text` read as YAML, except that a number in exponent form without a dot (1e-4),
+    which YAML 1.1 reads as a string, is a number."""
+    value = yaml.safe_load(text)
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            pass
+    return value

@@ -7,8 +7,9 @@ from .head_roles import classify_head, classify_heads, head_statistics
 from .initialisation import (apply_initialisation, fixed_pattern_initialisation, load_initialisation,
                              save_initialisation)
 from .maps import collect_maps
+from .run import analyse
 
 __all__ = [
     "collect_maps", "classify_head", "classify_heads", "head_statistics", "embed_maps", "plot_embedding",
-    "fixed_pattern_initialisation", "save_initialisation", "load_initialisation", "apply_initialisation",
+    "fixed_pattern_initialisation", "save_initialisation", "load_initialisation", "apply_initialisation", "analyse",
 ]
