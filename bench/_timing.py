@@ -1,40 +1,18 @@
 """Timing and reporting helpers shared by the benchmarks in bench/.
 
-Times are medians over repetitions after warm-up; CUDA work is timed with events on the
-current stream, so only GPU time between the two events counts.
+Times are medians over repetitions after warm-up (fastattn.timing.median_time); CUDA work is
+timed with events on the current stream, so only GPU time between the two events counts.
 """
 
 from __future__ import annotations
 
 import argparse
 import datetime
-import os
-import platform
-import statistics
-import time
 from typing import Callable
 
 import torch
 
-
-def median_time(fn: Callable[[], object], *, warmup: int, reps: int, device: str = "cpu") -> float:
-    """Median seconds of one call of `fn` over `reps` calls, after `warmup` untimed calls."""
-    for _ in range(warmup):
-        fn()
-    samples = []
-    for _ in range(reps):
-        if device == "cuda":
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            fn()
-            end.record()
-            end.synchronize()
-            samples.append(start.elapsed_time(end) / 1e3)
-        else:
-            begin = time.perf_counter()
-            fn()
-            samples.append(time.perf_counter() - begin)
-    return statistics.median(samples)
+from fastattn.timing import machine, median_time
 
 
 def forward_and_backward(fn: Callable[..., torch.Tensor], leaves, *, device: str, warmup: int, reps: int):
@@ -68,19 +46,6 @@ def peak_memory(fn: Callable[[], object], device: str) -> int | None:
     fn()
     torch.cuda.synchronize()
     return torch.cuda.max_memory_allocated() - before
-
-
-def machine(device: str) -> str:
-    """What ran the benchmark, for the record."""
-    if device == "cuda":
-        return torch.cuda.get_device_name()
-    model = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as cpuinfo:
-            model = next(line.split(":", 1)[1].strip() for line in cpuinfo if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    return f"{model}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads"
 
 
 def header(title: str, device: str, settings: str) -> str:

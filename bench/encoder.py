@@ -18,6 +18,7 @@ import torch
 from _timing import median_time, peak_memory, report
 
 from fastattn import built_with_cuda
+from fastattn.timing import encoder_workloads
 from fastattn.nn import KINDS, AudioALBERT, AudioALBERTConfig
 
 SIZES = {"tiny": AudioALBERTConfig.tiny, "paper": AudioALBERTConfig.paper}
@@ -51,23 +52,10 @@ def times(kind, length, args):
     config = SIZES[args.size](attention=kind, max_len=length)
     torch.manual_seed(0)
     model = AudioALBERT(config).to(args.device)
-    optimizer = torch.optim.SGD(model.parameters(), lr=1e-4)
-    features = torch.randn(args.batch, length, config.input_dim, device=args.device)
-
-    def training_step():
-        loss = model(features).last_hidden_state.abs().mean()
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-
-    def inference():
-        with torch.no_grad():
-            model(features)
-
-    model.train()
+    training_step, inference = encoder_workloads(model, torch.randn(args.batch, length, config.input_dim,
+                                                                    device=args.device))
     train = median_time(training_step, warmup=args.warmup, reps=args.reps, device=args.device)
     peak = peak_memory(training_step, args.device)
-    model.eval()
     return train, median_time(inference, warmup=args.warmup, reps=args.reps, device=args.device), peak
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from fastattn.nn import KINDS, SelfAttention, kind_options
+from fastattn.nn import KINDS, SelfAttention, kind_options, needs_max_len
 from nn_cases import attention, inputs
 
 
@@ -14,6 +14,16 @@ def test_kinds_are_the_spec_table():
     assert KINDS == ("full", "shared_qk", "strided", "fixed", "sign_alsh", "xbox", "xbox_qnf", "simple_lsh",
                      "simple_alsh", "synth_dense", "synth_dense_m", "synth_random", "fixed_pattern", "performer",
                      "local_global")
+
+
+def test_kinds_with_weights_over_positions_need_max_len():
+    positional = {"synth_dense", "synth_dense_m", "synth_random", "fixed_pattern"}
+    assert {kind for kind in KINDS if needs_max_len(kind)} == positional
+    for kind in positional:
+        with pytest.raises(ValueError, match="pass max_len"):
+            SelfAttention(16, 4, kind)
+    with pytest.raises(ValueError, match="kind must be one of"):
+        needs_max_len("dense")
 
 
 def test_documented_defaults():

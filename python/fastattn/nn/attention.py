@@ -50,6 +50,11 @@ def kind_options(kind: str) -> dict[str, object]:
     return {p.name: p.default for p in parameters if p.kind is p.KEYWORD_ONLY and p.name not in fixed}
 
 
+def needs_max_len(kind: str) -> bool:
+    """Whether `kind` learns weights over key positions and so must be built with max_len."""
+    return bool(getattr(_mechanism(kind)[0], "needs_max_len", False))
+
+
 def _mechanism(kind: object):
     if kind not in MECHANISMS:
         raise ValueError(f"kind must be one of {', '.join(KINDS)}; got {kind!r}")
@@ -91,7 +96,7 @@ class SelfAttention(nn.Module):
             raise ValueError(f"embed_dim ({embed_dim}) must be divisible by num_heads ({num_heads})")
         if max_len is not None and not (isinstance(max_len, int) and max_len >= 1):
             raise ValueError(f"max_len must be a positive integer or None, got {max_len!r}")
-        if max_len is None and getattr(cls, "needs_max_len", False):
+        if max_len is None and needs_max_len(kind):
             raise ValueError(f"kind {kind!r} learns weights over key positions: pass max_len (the longest T)")
         if not 0.0 <= dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {dropout!r}")
