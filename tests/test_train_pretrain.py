@@ -114,6 +114,17 @@ def test_stale_tmp_file_never_replaces_a_good_checkpoint(tmp_path):
     assert result["step"] == 6 and [step for step, _ in losses(tmp_path / "run")] == [1, 2, 3, 4, 5, 6]
 
 
+def test_rerunning_a_finished_run_leaves_its_files_untouched(tmp_path):
+    data = SyntheticSpeech(16, seed=2)
+    config = tiny_config(tmp_path, max_steps=3, checkpoint_every=3)
+    first = pretrain(config, data, collate)
+    files = {path.name: (path.stat().st_mtime_ns, path.read_bytes()) for path in tmp_path.iterdir() if path.is_file()}
+    again = pretrain(config, data, collate)
+    assert again == first
+    assert {path.name: (path.stat().st_mtime_ns, path.read_bytes())
+            for path in tmp_path.iterdir() if path.is_file()} == files
+
+
 @pytest.mark.parametrize("name", ["paper.yaml", "tiny.yaml"])
 def test_yaml_configs_load(name):
     config = load_config(CONFIGS / name)

@@ -293,6 +293,10 @@ def _train(config: PretrainConfig, dataset, collate, resume: bool, process: Proc
             print(f"resuming on {process.world_size} processes from a run on {len(checkpoint['rng'])}: "
                   f"random streams restart, so the run is not bitwise the uninterrupted one", file=sys.stderr)
 
+    if step >= config.max_steps:  # a finished run: leave its files untouched
+        return {"out_dir": str(out_dir), "checkpoint": str(checkpoint_path), "step": step,
+                "loss": _last_logged_loss(out_dir / "log.jsonl")}
+
     trained = model if process.world_size == 1 else DistributedDataParallel(
         model, device_ids=[device.index] if device.type == "cuda" else None)
     autocast = torch.autocast(device.type, dtype=torch.bfloat16,
@@ -354,6 +358,11 @@ def _train(config: PretrainConfig, dataset, collate, resume: bool, process: Proc
         logger.close()
     return {"out_dir": str(out_dir), "checkpoint": str(checkpoint_path), "step": step,
             "loss": logger.last_loss}
+
+
+def _last_logged_loss(path: Path) -> float | None:
+    lines = path.read_text().splitlines() if path.exists() else []
+    return json.loads(lines[-1])["loss"] if lines else None
 
 
 def epoch_batches(dataset, collate, sampler: DistributedSampler, config: PretrainConfig, epoch: int, consumed: int):

@@ -32,6 +32,15 @@ class ProbeConfig:
     seed: int = 0
     device: str | None = None  # None: CUDA when available
 
+    def __post_init__(self):
+        for name in ("hidden_size", "max_epochs", "patience", "utterance_batch_size", "frame_batch_size",
+                     "extract_batch_size"):
+            value = getattr(self, name)
+            if not (isinstance(value, int) and value >= 1):
+                raise ValueError(f"ProbeConfig.{name} must be a positive integer, got {value!r}")
+        if not self.lr > 0:
+            raise ValueError(f"ProbeConfig.lr must be positive, got {self.lr!r}")
+
 
 @dataclass
 class SplitFeatures:
