@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The main job, from a fresh clone: sets up .venv (torch, fastattn, the training package),
 # builds the default eSpeak NG corpus, pre-trains tiny encoders with full and fixed_pattern
-# attention, probes them and the log-mel baseline, and prints a Table 2-style table.
+# attention, probes them and the log-mel baseline, times them, and prints the report
+# (`fastattn report` of those two kinds: Table 2 and Table 1 layouts, plots in the folder).
 # About 15 minutes on 2 CPU cores. Arguments go to `fastattn main` (see --help); the
 # working folder (default runs/main) is reused, so a rerun resumes.
 set -euo pipefail

@@ -1,5 +1,5 @@
-"""The `fastattn` command end to end on a tiny corpus it builds: corpus, pretrain, probe,
-and the main job's report; every sub-command's --help."""
+"""The `fastattn` command end to end on a tiny corpus it builds: corpus, pretrain, probe and
+analyse (the report has its own tests); every sub-command's --help."""
 
 from __future__ import annotations
 
@@ -13,18 +13,18 @@ pytest.importorskip("yaml")
 import torch  # noqa: E402
 
 from fastattn.nn.fixed_pattern import ROLES  # noqa: E402
-from fastattn_train import main_job  # noqa: E402
 from fastattn_train.analysis import load_initialisation  # noqa: E402
 from fastattn_train.cli import main  # noqa: E402
 from fastattn_train.dataset import load_dataset  # noqa: E402
 from fastattn_train.pretrain import load_encoder  # noqa: E402
+from fastattn_train.probes import TASKS  # noqa: E402
 
 TINY_MODEL = ["model.hidden_size=16", "model.num_heads=2", "model.ffn_size=32", "model.num_layers=1",
               "batch_size=2", "max_steps=3", "max_frames=100", "log_every=1", "checkpoint_every=3",
               "optim.warmup_steps=0"]
 
 
-@pytest.mark.parametrize("command", [[], ["corpus"], ["pretrain"], ["probe"], ["analyse"], ["main"]])
+@pytest.mark.parametrize("command", [[], ["corpus"], ["pretrain"], ["probe"], ["analyse"], ["report"], ["main"]])
 def test_every_command_explains_itself(command, capsys):
     with pytest.raises(SystemExit) as exit_:
         main([*command, "--help"])
@@ -58,7 +58,7 @@ def test_pretrain_then_probe(corpus, pretrained, tmp_path):
     results = tmp_path / "probes.json"
     main(["probe", str(corpus), "--cache", str(cache), "--checkpoint", str(run / "checkpoint.pt"),
           "--hidden", "16", "--epochs", "2", "--out", str(results)])
-    assert set(json.loads(results.read_text())["test"]) == set(main_job.COLUMNS)
+    assert set(json.loads(results.read_text())["test"]) == set(TASKS)
 
 
 def test_analyse_then_start_fixed_pattern_from_it(corpus, pretrained, tmp_path):
@@ -88,12 +88,3 @@ def test_log_mel_probes_beat_chance_on_a_built_corpus(corpus, tmp_path):
     most_common = max(phones.count(p) for p in set(phones)) / len(phones)
     assert accuracy["speaker_frame"] > 1.5 / len(train.speakers)
     assert accuracy["phone_1hidden"] > 1.5 * most_common
-
-
-def test_report_says_plainly_whether_pretraining_beat_log_mel():
-    rows = {main_job.BASELINE: {"phone_1hidden": 0.5, "phone_2hidden": 0.6},
-            "full": {"phone_1hidden": 0.55, "phone_2hidden": 0.65},
-            "fixed_pattern": {"phone_1hidden": 0.45, "phone_2hidden": 0.65}}
-    verdicts = main_job.phoneme_verdicts(rows, ["full", "fixed_pattern"])
-    assert verdicts[0] == "full: pre-trained features beat log-mel on both phoneme probes."
-    assert verdicts[1] == "fixed_pattern: pre-trained features did NOT beat log-mel on phoneme (1 hidden)."

@@ -1,11 +1,13 @@
-"""The `fastattn` command: build a corpus, pre-train an encoder, probe it, or run the main job.
+"""The `fastattn` command: build a corpus, pre-train an encoder, probe or analyse it, compare
+attention kinds in a report, or run the main job.
 
     fastattn corpus data/synth                                  # the default eSpeak NG corpus
     fastattn pretrain data/synth --config tiny --set model.attention=strided --out runs/strided
     fastattn probe data/synth --checkpoint runs/strided/checkpoint.pt
     fastattn probe data/synth --log-mel                         # the paper's "Mel features" row
     fastattn analyse data/synth --checkpoint runs/strided/checkpoint.pt --out runs/strided/analysis
-    fastattn main                                               # corpus, two models, probes, the table
+    fastattn report data/synth --kinds full,fixed_pattern,strided --seeds 3 --out runs/report
+    fastattn main                                               # corpus, two models, probes, the report
 
 Every sub-command explains its options with --help.
 """
@@ -24,7 +26,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="fastattn", description=DESCRIPTION,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for add in (_corpus_parser, _pretrain_parser, _probe_parser, _analyse_parser, _main_job_parser):
+    for add in (_corpus_parser, _pretrain_parser, _probe_parser, _analyse_parser, _report_parser, _main_job_parser):
         add(commands)
     args = parser.parse_args(argv)
     return args.run(args) or 0
@@ -148,6 +150,57 @@ def _run_analyse(args) -> None:
     print(json.dumps({"layer": summary["layer"], "roles": summary["roles"]}))
 
 
+def _report_parser(commands) -> None:
+    from fastattn_train.report import experiment
+
+    probes = experiment.cpu_probes()
+    parser = commands.add_parser(
+        "report", help="compare attention kinds: pre-train, probe and time each; tables and plots",
+        description=experiment.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("corpus", type=Path, nargs="?", default=None,
+                        help="a LibriSpeech-layout corpus (default: the bundled eSpeak NG corpus, built in OUT/corpus)")
+    parser.add_argument("--out", type=Path, default=Path("runs/report"),
+                        help="the report folder (default runs/report); rerunning resumes")
+    parser.add_argument("--kinds", default="all",
+                        help="comma-separated attention kinds, or all (default all: fifteen models, about 75 minutes "
+                             "on 2 CPU cores with the tiny config)")
+    parser.add_argument("--seeds", type=int, default=1,
+                        help="runs per kind, with different pre-training and probe seeds; the report gives mean "
+                             "and spread (default 1)")
+    parser.add_argument("--config", default="tiny",
+                        help="a YAML file, or the name of a bundled one: tiny (CPU) or paper (default tiny)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a config key for every run, as in `fastattn pretrain`; repeatable")
+    parser.add_argument("--steps", type=int, default=None, help="pre-training steps per model (default: the config's)")
+    parser.add_argument("--probe-epochs", type=int, default=probes.max_epochs,
+                        help=f"most epochs per probe (default {probes.max_epochs}; the probe command's is 50)")
+    parser.add_argument("--probe-patience", type=int, default=probes.patience,
+                        help=f"epochs without a better dev accuracy before a probe stops (default {probes.patience})")
+    parser.add_argument("--hidden", type=int, default=probes.hidden_size,
+                        help=f"width of the phoneme probes' hidden layers (default {probes.hidden_size})")
+    parser.add_argument("--timing-length", type=int, default=500, help="T of the Table 1 timing (default 500)")
+    parser.add_argument("--timing-batch", type=int, default=None,
+                        help="B of the Table 1 timing (default: the config's batch_size)")
+    parser.add_argument("--timing-reps", type=int, default=5, help="timed calls per measurement (default 5)")
+    parser.add_argument("--deltas", action="store_true", help="append deltas and delta-deltas (240 features)")
+    parser.set_defaults(run=_run_report)
+
+
+def _run_report(args) -> None:
+    import dataclasses
+
+    from fastattn_train.report import ReportSettings, cpu_probes, parse_kinds, run_report
+
+    probes = dataclasses.replace(cpu_probes(), max_epochs=args.probe_epochs, patience=args.probe_patience,
+                                 hidden_size=args.hidden)
+    settings = ReportSettings(out=args.out, kinds=parse_kinds(args.kinds), corpus=args.corpus, config=args.config,
+                              overrides=args.overrides, steps=args.steps, seeds=args.seeds, probes=probes,
+                              timing_length=args.timing_length, timing_batch=args.timing_batch,
+                              timing_reps=args.timing_reps, deltas=args.deltas)
+    run_report(settings)
+    print((args.out / "report.md").read_text())
+
+
 def _main_job_parser(commands) -> None:
     from fastattn_train import main_job
 
@@ -165,7 +218,9 @@ def _main_job_parser(commands) -> None:
 def _run_main_job(args) -> None:
     from fastattn_train import main_job
 
-    main_job.run(args.out, args.kinds.split(","), steps=args.steps)
+    from fastattn_train.report import parse_kinds
+
+    main_job.run(args.out, list(parse_kinds(args.kinds)), steps=args.steps)
 
 
 def _dataset(args, split: str):

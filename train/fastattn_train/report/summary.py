@@ -1,0 +1,164 @@
+"""The report's numbers and words: per-seed results reduced to mean and spread, the paper's
+Table 2 and Table 1 layouts as Markdown, and the paper's own numbers beside ours."""
+
+from __future__ import annotations
+
+import statistics
+
+from fastattn.nn.fixed_pattern import ROLES
+from fastattn_train.probes import TASKS
+
+BASELINE = "log-mel"
+COLUMNS = {"speaker_utterance": "speaker (utterance)", "speaker_frame": "speaker (frame)",
+           "phone_1hidden": "phoneme (1 hidden)", "phone_2hidden": "phoneme (2 hidden)"}
+
+# The paper's Table 2 (LibriSpeech, 6-layer Audio ALBERT of hidden size 768 pre-trained for
+# 500k steps), in COLUMNS order, for the rows it shares with fastattn's kinds.
+PAPER_ACCURACY = {
+    BASELINE: (0.0060, 0.0033, 0.5246, 0.5768),
+    "full": (0.9926, 0.9824, 0.6460, 0.6887),
+    "fixed_pattern": (0.9842, 0.9855, 0.6157, 0.6492),
+}
+# The paper's Table 1: practical inference time at T = 500 (its unit; only ratios compare).
+# It has one sparse row and a range over its five LSH/ALSH rows.
+PAPER_INFERENCE = {"full": 146.8, "strided": 143.4, "fixed": 143.4, "synth_dense": 111.0, "synth_random": 116.8,
+                   "fixed_pattern": 116.8}
+PAPER_LSH_INFERENCE = (235.0, 269.0)
+LSH_KINDS = ("sign_alsh", "xbox", "xbox_qnf", "simple_lsh", "simple_alsh")
+
+
+def spread(values: list[float | None]) -> dict | None:
+    """{"mean", "std" (the sample standard deviation; 0 for one value), "values"}, or None
+    when any value is missing (a phoneme probe on a corpus without phone labels)."""
+    if not values or any(value is None for value in values):
+        return None
+    std = statistics.stdev(values) if len(values) > 1 else 0.0
+    return {"mean": statistics.fmean(values), "std": std, "values": list(values)}
+
+
+def accuracy_table(per_seed: dict[str, list[dict]]) -> dict[str, dict[str, dict | None]]:
+    """{row: [one {task: accuracy} per seed]} -> {row: {task: spread}}."""
+    return {row: {task: spread([result[task] for result in results]) for task in TASKS}
+            for row, results in per_seed.items()}
+
+
+def timing_table(timing: dict[str, dict], pretraining: dict[str, list[dict]]) -> dict[str, dict]:
+    """Each kind's measured step times, as seconds and as ratios to `full` (when it ran), the
+    paper's inference ratio where the paper has the kind, and its runs' pre-training wall time."""
+    full = timing.get("full")
+    rows = {}
+    for kind, measured in timing.items():
+        row = {"train_step_s": measured["train_step_s"], "inference_s": measured["inference_s"],
+               "train_vs_full": None, "inference_vs_full": None,
+               "paper_inference_vs_full": paper_inference_ratio(kind),
+               "pretraining_s": spread([run["seconds"] for run in pretraining[kind]])}
+        if full is not None:
+            row["train_vs_full"] = measured["train_step_s"] / full["train_step_s"]
+            row["inference_vs_full"] = measured["inference_s"] / full["inference_s"]
+        rows[kind] = row
+    return rows
+
+
+def paper_inference_ratio(kind: str) -> float | tuple[float, float] | None:
+    """The paper's Table 1 inference time of `kind` over its baseline's: a number, a (low,
+    high) range for the LSH kinds, or None where the paper has no such row."""
+    if kind in LSH_KINDS:
+        return tuple(value / PAPER_INFERENCE["full"] for value in PAPER_LSH_INFERENCE)
+    return PAPER_INFERENCE[kind] / PAPER_INFERENCE["full"] if kind in PAPER_INFERENCE else None
+
+
+def phoneme_verdicts(accuracy: dict[str, dict[str, dict | None]], kinds: list[str]) -> list[str]:
+    """One plain sentence per kind: did its features beat log-mel on both phoneme probes (in
+    the mean over seeds)?"""
+    baseline = accuracy[BASELINE]
+    verdicts = []
+    for kind in kinds:
+        worse = [COLUMNS[task] for task in ("phone_1hidden", "phone_2hidden")
+                 if accuracy[kind][task] is None or baseline[task] is None
+                 or accuracy[kind][task]["mean"] <= baseline[task]["mean"]]
+        verdicts.append(f"{kind}: pre-trained features beat log-mel on both phoneme probes." if not worse else
+                        f"{kind}: pre-trained features did NOT beat log-mel on {' and '.join(worse)}.")
+    return verdicts
+
+
+def markdown(report: dict) -> str:
+    """report.md: what ran, Table 2 and Table 1 in the paper's layouts, the paper's numbers,
+    and the plots."""
+    setup, seeds = report["setup"], report["setup"]["seeds"]
+    spread_note = (f"mean ± sample standard deviation over {seeds} seeds (pre-training and probe seeds)"
+                   if seeds > 1 else "one seed; rerun with --seeds N for the spread")
+    timing = setup["timing"]
+    paper_length = " (the paper's Table 1 length)" if timing["length"] == 500 else ""
+    lines = [
+        f"# Attention kinds compared on {setup['corpus']['name']}",
+        "",
+        f"{setup['date']}, {setup['device']}, torch {setup['torch']}, fastattn {setup['fastattn']}.",
+        "",
+        f"- Corpus: `{setup['corpus']['path']}`, utterances train / dev / test "
+        f"{' / '.join(str(n) for n in setup['corpus']['utterances'].values())}.",
+        f"- Pre-training: config `{setup['config']}` ({setup['model']}), {setup['steps']} steps per model.",
+        f"- Probes: {setup['probes']}.",
+        f"- Accuracy: test split, {spread_note}.",
+        "",
+        "## Probe accuracy (the paper's Table 2 layout)",
+        "",
+        "| features | " + " | ".join(COLUMNS.values()) + " |",
+        "|---|" + "---|" * len(COLUMNS),
+    ]
+    for row, tasks in report["accuracy"].items():
+        lines.append(f"| {row} | " + " | ".join(_accuracy(tasks[task]) for task in TASKS) + " |")
+    lines += ["", *phoneme_verdicts(report["accuracy"], setup["kinds"]), "",
+              "## Time per kind (the paper's Table 1 layout)", "",
+              f"A training step (forward, backward, SGD update) and an inference pass (no gradients) of a batch of "
+              f"B = {timing['batch']} utterances of T = {timing['length']} frames"
+              f"{paper_length} on "
+              f"{setup['device']}: medians of {timing['reps']} after {timing['warmup']} warm-up. Ratios are kind / "
+              f"full (below 1 is faster); the paper's is its inference time over its baseline's. Pre-training is the "
+              f"wall time of each whole run.", "",
+              "| kind | train step ms | train / full | inference ms | inference / full | paper inference / full "
+              "| pre-training s |",
+              "|---|---|---|---|---|---|---|"]
+    for kind, row in report["timing"].items():
+        lines.append(f"| {kind} | {row['train_step_s'] * 1e3:.1f} | {_ratio(row['train_vs_full'])} | "
+                     f"{row['inference_s'] * 1e3:.1f} | {_ratio(row['inference_vs_full'])} | "
+                     f"{_ratio(row['paper_inference_vs_full'])} | {_seconds(row['pretraining_s'])} |")
+    lines += ["", "## Head roles (the paper's section 4.3)", "",
+              "Each head of each kind's first model sorted into the four fixed-pattern roles by "
+              "`fastattn_train.analysis.classify_head` (majority over 8 test utterances): heads per role, per layer. "
+              "The paper found 2 diagonal and 3 sparse heads among the 12 of its trained baseline, the others "
+              "increasing or decreasing; fixed_pattern starts from 5 : 1 : 1 : 5.", "",
+              "| kind | layer | " + " | ".join(ROLES) + " |", "|---|---|" + "---|" * len(ROLES)]
+    for kind, layers in report["head_roles"].items():
+        lines += [f"| {kind} | {layer} | " + " | ".join(str(roles.count(role)) for role in ROLES) + " |"
+                  for layer, roles in layers.items()]
+    lines += ["", "## The paper's Table 2, for orientation", "",
+              "LibriSpeech, a 6-layer Audio ALBERT of hidden size 768 pre-trained for 500k steps: far more data, "
+              "model and training than a CPU run, so compare orderings, not values.", "",
+              "| features | " + " | ".join(COLUMNS.values()) + " |", "|---|" + "---|" * len(COLUMNS)]
+    lines += [f"| {row} (paper) | " + " | ".join(f"{value:.4f}" for value in values) + " |"
+              for row, values in PAPER_ACCURACY.items()]
+    lines += ["", "## Plots", ""]
+    lines += [f"![{title}]({path})" for title, path in report["plots"].items()]
+    return "\n".join(lines) + "\n"
+
+
+def _accuracy(value: dict | None) -> str:
+    if value is None:
+        return "-"
+    return f"{value['mean']:.4f}" if len(value["values"]) == 1 else f"{value['mean']:.4f} ± {value['std']:.4f}"
+
+
+def _ratio(value) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, (tuple, list)):  # a range; report.json holds it as a list
+        return f"{value[0]:.2f}-{value[1]:.2f}"
+    return f"{value:.2f}"
+
+
+def _seconds(value: dict | None) -> str:
+    if value is None:
+        return "-"
+    digits = 0 if value["mean"] >= 10 else 1
+    text = f"{value['mean']:.{digits}f}"
+    return text if len(value["values"]) == 1 else f"{text} ± {value['std']:.{digits}f}"
