@@ -86,3 +86,10 @@ def test_mismatched_labels_and_unknown_tasks_are_named():
         run_probes(input_features, train, dev, test, collate, SMALL)
     with pytest.raises(ValueError, match="speaker_sentence"):
         run_probes(input_features, *splits(), collate, SMALL, tasks=("speaker_sentence",))
+
+
+@pytest.mark.parametrize("field, value", [("max_epochs", 0), ("patience", -1), ("hidden_size", 2.5),
+                                          ("frame_batch_size", 0), ("lr", 0.0)])
+def test_probe_settings_that_cannot_train_are_refused(field, value):
+    with pytest.raises(ValueError, match=f"ProbeConfig.{field} must be"):
+        ProbeConfig(**{field: value})

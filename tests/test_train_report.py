@@ -5,6 +5,7 @@ tables' arithmetic and wording; settings that are refused."""
 from __future__ import annotations
 
 import json
+import shutil
 import statistics
 
 import pytest
@@ -34,10 +35,11 @@ def corpus(tmp_path_factory):
     return root
 
 
-def report_command(corpus, out, *, steps: int = 3) -> list[str]:
-    return ["report", str(corpus), "--out", str(out), "--kinds", ",".join(KINDS_RUN), "--seeds", "2",
-            "--steps", str(steps), "--probe-epochs", "2", "--hidden", "16", "--timing-length", "120",
-            "--timing-reps", "1", *[arg for setting in TINY for arg in ("--set", setting)]]
+def report_command(corpus, out, *, kinds=KINDS_RUN, seeds: int = 2, steps: int = 3, probe_epochs: int = 2,
+                   timing_reps: int = 1, extra=(), settings=TINY) -> list[str]:
+    return ["report", str(corpus), "--out", str(out), "--kinds", ",".join(kinds), "--seeds", str(seeds),
+            "--steps", str(steps), "--probe-epochs", str(probe_epochs), "--hidden", "16", "--timing-length", "120",
+            "--timing-reps", str(timing_reps), *extra, *[arg for setting in settings for arg in ("--set", setting)]]
 
 
 @pytest.fixture(scope="module")
@@ -121,17 +123,23 @@ def test_rerun_reuses_every_finished_stage(corpus, report):
     assert json.loads((report / "report.json").read_text())["accuracy"] == first["accuracy"]
 
 
-def test_more_steps_resume_the_runs_and_redo_only_their_probes(corpus, report, tmp_path):
+def changed(before: dict, after: dict) -> set[str]:
+    """The top folders (runs/full, probes/log-mel, timing, ...) holding a file that changed."""
+    return {"/".join(name.split("/")[:1 if name.startswith("timing") else 2])
+            for name in before.keys() | after.keys() if before.get(name) != after.get(name)}
+
+
+def test_a_change_redoes_only_what_it_made_stale(corpus, report, tmp_path):
     out = tmp_path / "out"
     main(report_command(corpus, out, steps=2))
     before = modification_times(out)
-    main(report_command(corpus, out, steps=3))
+    main(report_command(corpus, out, steps=3))  # more steps: the runs go on, their probes are redone
     after = modification_times(out)
+    assert changed(before, after) == {f"{folder}/{kind}" for folder in ("runs", "probes") for kind in KINDS_RUN}
     for seed in (0, 1):
-        assert after[f"probes/{BASELINE}/seed{seed}.json"] == before[f"probes/{BASELINE}/seed{seed}.json"]
         for kind in KINDS_RUN:
             probes = json.loads((out / "probes" / kind / f"seed{seed}.json").read_text())
-            assert probes["checkpoint_step"] == 3
+            assert probes["checkpoint"]["step"] == 3
             assert load_checkpoint(out / "runs" / kind / f"seed{seed}" / "checkpoint.pt")["step"] == 3
     # Resumed, not restarted: one log of three steps, whose first two (taken before the longer
     # schedule changed the learning rate) match a run that went to 3 steps at once.
@@ -139,6 +147,44 @@ def test_more_steps_resume_the_runs_and_redo_only_their_probes(corpus, report, t
     fresh = [json.loads(line) for line in (report / "runs" / "full" / "seed0" / "log.jsonl").read_text().splitlines()]
     assert [entry["step"] for entry in resumed] == [1, 2, 3]
     assert [entry["loss"] for entry in resumed[:2]] == [entry["loss"] for entry in fresh[:2]]
+
+    main(report_command(corpus, out, probe_epochs=1))  # other probes: every row's probes, nothing else
+    again = modification_times(out)
+    assert changed(after, again) == {f"probes/{row}" for row in (BASELINE, *KINDS_RUN)}
+    main(report_command(corpus, out, probe_epochs=1, timing_reps=2))  # other timing: the timing only
+    assert changed(again, modification_times(out)) == {"timing"}
+
+
+def test_a_folder_refuses_other_data_and_runs_trained_otherwise(corpus, report):
+    with pytest.raises(ValueError, match="holds a report on other data"):
+        main(report_command(corpus, report, extra=["--deltas"]))
+    with pytest.raises(ValueError, match="trained with other settings.*optim"):
+        main(report_command(corpus, report, settings=[*TINY, "optim.lr=0.5"]))
+
+
+def test_deltas_and_a_max_len_below_the_timed_length(corpus, tmp_path):
+    out = tmp_path / "out"
+    main(report_command(corpus, out, kinds=["full"], seeds=1, steps=1, extra=["--deltas"],
+                        settings=[*TINY, "model.max_len=1500"]))
+    assert load_checkpoint(out / "runs" / "full" / "seed0" / "checkpoint.pt")["config"]["model"]["input_dim"] == 240
+    timing = json.loads((out / "timing" / "full.json").read_text())
+    assert timing["model"]["max_len"] == 1500
+    main(report_command(corpus, tmp_path / "long", kinds=["full"], seeds=1, steps=1, extra=["--timing-length", "2000"],
+                        settings=[*TINY, "model.max_len=1500"]))
+    assert json.loads((tmp_path / "long" / "timing" / "full.json").read_text())["model"]["max_len"] == 2000
+    with pytest.raises(ValueError, match="below the longest utterance"):
+        main(report_command(corpus, tmp_path / "short", kinds=["full"], seeds=1, steps=1,
+                            settings=[*TINY, "model.max_len=100"]))
+
+
+def test_a_corpus_without_phone_labels_reports_the_speaker_probes(corpus, tmp_path):
+    unlabelled = tmp_path / "unlabelled"
+    shutil.copytree(corpus, unlabelled, ignore=shutil.ignore_patterns("phones"))
+    out = tmp_path / "out"
+    main(report_command(unlabelled, out, kinds=["full"], seeds=1, steps=1))
+    accuracy = json.loads((out / "report.json").read_text())["accuracy"]
+    assert accuracy["full"]["phone_1hidden"] is None and accuracy["full"]["speaker_frame"] is not None
+    assert "not measured (the corpus has no phone labels)" in (out / "report.md").read_text()
 
 
 def test_kinds_all_names_every_kind():

@@ -110,11 +110,13 @@ def _probe_parser(commands) -> None:
 def _run_probe(args) -> None:
     from fastattn_train.dataset import collate
     from fastattn_train.pretrain import load_encoder
-    from fastattn_train.probes import ProbeConfig, encoder_features, input_features, run_probes
+    from fastattn_train.probes import ProbeConfig, encoder_features, input_features, probe_device, run_probes
 
-    extractor = input_features if args.log_mel else encoder_features(load_encoder(args.checkpoint))
+    config = ProbeConfig(hidden_size=args.hidden, max_epochs=args.epochs)
+    extractor = input_features if args.log_mel else encoder_features(load_encoder(args.checkpoint,
+                                                                                  probe_device(config)))
     splits = [_dataset(args, split) for split in ("train", "dev", "test")]
-    results = run_probes(extractor, *splits, collate, ProbeConfig(hidden_size=args.hidden, max_epochs=args.epochs))
+    results = run_probes(extractor, *splits, collate, config)
     text = json.dumps(results, indent=1)
     print(text)
     if args.out is not None:
@@ -188,7 +190,6 @@ def _report_parser(commands) -> None:
 
 def _run_report(args) -> None:
     import dataclasses
-
     from fastattn_train.report import ReportSettings, cpu_probes, parse_kinds, run_report
 
     probes = dataclasses.replace(cpu_probes(), max_epochs=args.probe_epochs, patience=args.probe_patience,
@@ -205,7 +206,7 @@ def _main_job_parser(commands) -> None:
     from fastattn_train import main_job
 
     parser = commands.add_parser(
-        "main", help="the main job: corpus, pre-train full and fixed_pattern, probe, print a Table 2",
+        "main", help="the main job: the report of full and fixed_pattern on the default corpus",
         description=main_job.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=Path("runs/main"),
                         help="working folder: corpus, runs, report (default runs/main); rerunning resumes")

@@ -54,6 +54,11 @@ class UtteranceDataset(Dataset):
     def __len__(self) -> int:
         return len(self.utterances)
 
+    @property
+    def statistics(self) -> tuple[np.ndarray, np.ndarray]:
+        """The (mean, std) per feature, from the training split, that normalise every split."""
+        return self._mean, self._std
+
     def __getitem__(self, i: int) -> dict:
         utterance = self.utterances[i]
         features = (np.load(self._feature_files[i]) - self._mean) / self._std

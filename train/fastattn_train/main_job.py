@@ -21,6 +21,7 @@ STEPS = 600  # pre-training steps per model: the tiny config's, about 2 minutes 
 
 
 def run(out: Path, kinds: list[str], *, steps: int = STEPS) -> dict:
-    report = run_report(ReportSettings(out=Path(out), kinds=tuple(kinds), steps=steps))
+    # The report's stage lines are the job's progress display; no per-step bars in its log.
+    report = run_report(ReportSettings(out=Path(out), kinds=tuple(kinds), steps=steps, overrides=("progress=false",)))
     print(markdown(report))
     return report

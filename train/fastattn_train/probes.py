@@ -54,6 +54,12 @@ class SplitFeatures:
     seconds: float
 
 
+def probe_device(config: ProbeConfig) -> str:
+    """Where the probes (and the extractor's inputs) go: config.device, else CUDA when available.
+    An encoder extractor must be on this device too."""
+    return config.device or ("cuda" if torch.cuda.is_available() else "cpu")
+
+
 def input_features(features, key_padding_mask):
     """The identity: probes on the input log-mel frames (the paper's "Mel" row)."""
     return features
@@ -185,7 +191,7 @@ def run_probes(extractor, train, dev, test, collate, config: ProbeConfig = Probe
             if getattr(split, labels) != getattr(train, labels):
                 raise ValueError(f"{name}.{labels} differs from train.{labels}: the splits' labels must index "
                                  f"one shared list")
-    device = config.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    device = probe_device(config)
     splits = {name: extract(extractor, dataset, collate, batch_size=config.extract_batch_size, device=device)
               for name, dataset in (("train", train), ("dev", dev), ("test", test))}
     results = {"test": {}, "dev": {}, "epochs": {},

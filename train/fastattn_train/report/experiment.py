@@ -2,13 +2,18 @@
 each, and write the comparison the paper draws (Tables 1 and 2, Figure 5) into one folder.
 
 Everything is kept in the report folder OUT and reused when it is there, so a rerun, or a run
-that was interrupted, picks up where it stopped and never redoes finished work:
+that was interrupted, picks up where it stopped and never redoes finished work that is still
+valid (the cheap head roles, pictures and tables are redrawn each time):
 
     OUT/corpus/                       the default corpus, when no corpus is given
+    OUT/data.json                     which corpus and features the folder holds; another is refused
     OUT/features/                     the feature cache
-    OUT/runs/<kind>/seed<s>/          each pre-training run (resumed from its checkpoint)
-    OUT/probes/<row>/seed<s>.json     each row's probe results (redone if its checkpoint moved on)
-    OUT/timing/<kind>.json            each kind's Table 1 times (redone if the settings changed)
+    OUT/runs/<kind>/seed<s>/          each pre-training run (resumed from its checkpoint; more
+                                      --steps continue it, on the schedule of the new length)
+    OUT/probes/<row>/seed<s>.json     each row's probe results (redone for a new checkpoint or
+                                      other probe settings)
+    OUT/timing/<kind>.json            each kind's Table 1 times (redone when the settings, the
+                                      device or the software changed)
     OUT/report.md, OUT/report.json    the tables
     OUT/accuracy_vs_time.png, OUT/loss_curves.png, OUT/attention_maps/<kind>.png
 
@@ -21,6 +26,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import hashlib
 import json
 import shutil
 import sys
@@ -32,14 +38,15 @@ import torch
 
 import fastattn
 from fastattn.nn import KINDS, AudioALBERT, needs_max_len
+from fastattn.nn.fixed_pattern import head_roles
 from fastattn.timing import encoder_workloads, machine, median_time
 from fastattn_train.analysis import classify_heads, collect_maps
 from fastattn_train.checkpoint import load_checkpoint, write_atomically
 from fastattn_train.corpus.build import build_corpus
 from fastattn_train.dataset import collate, load_dataset
 from fastattn_train.features import FeatureSettings
-from fastattn_train.pretrain import load_encoder, pretrain
-from fastattn_train.probes import ProbeConfig, encoder_features, input_features, run_probes
+from fastattn_train.pretrain import config_to_dict, load_encoder, pretrain
+from fastattn_train.probes import ProbeConfig, encoder_features, input_features, probe_device, run_probes
 from fastattn_train.settings import pretrain_config
 
 from .plots import plot_accuracy_against_time, plot_attention_maps, plot_loss_curves
@@ -49,6 +56,8 @@ TIMING_WARMUP = 2
 MAP_UTTERANCES = 8  # test utterances whose maps vote on each head's role
 # Keys the report sets itself for every run; an override of one would mislabel the rows.
 RESERVED = ("model.attention", "seed", "max_steps", "out_dir")
+# Config keys a finished run may differ in from a rerun's without its results going stale.
+UNRELATED_TO_RESULTS = ("max_steps", "out_dir", "progress", "num_workers", "log_every", "checkpoint_every")
 
 
 def cpu_probes() -> ProbeConfig:
@@ -120,59 +129,93 @@ def run_report(settings: ReportSettings) -> dict:
     out = settings.out
     out.mkdir(parents=True, exist_ok=True)
     kinds, seeds = settings.kinds, range(settings.seeds)
-    base = pretrain_config(settings.config, list(settings.overrides))
     progress = Progress(1 + settings.seeds + len(kinds) * (2 * settings.seeds + 2) + 1)
 
     progress.stage("corpus and features")
     corpus = settings.corpus or ensure_corpus(out / "corpus")
     features = FeatureSettings(deltas=settings.deltas)
     splits = [load_dataset(corpus, split, features, cache_dir=out / "features") for split in ("train", "dev", "test")]
+    claim_folder(out, corpus, features, splits)
+    # The model reads the features these settings give, whatever the config says.
+    overrides = (f"model.input_dim={splits[0].feature_dim}", *settings.overrides)
+    base = pretrain_config(settings.config, list(overrides))
     longest = max(len(item["features"]) for split in splits for item in split)
+    if base.model.max_len is not None and base.model.max_len < longest:
+        raise ValueError(f"model.max_len = {base.model.max_len} is below the longest utterance ({longest} frames), "
+                         f"which the probes run whole: raise it or leave it out")
+    device = probe_device(settings.probes)
 
     per_seed = {BASELINE: []}
     for seed in seeds:
         progress.stage(f"{BASELINE}, seed {seed}: probing")
         per_seed[BASELINE].append(probe_row(out, BASELINE, seed, None, lambda: input_features, splits,
                                             settings.probes))
-    runs, timing, roles, plots = {}, {}, {}, {}
+    runs, timing, roles, maps = {}, {}, {}, {}
     for kind in kinds:
         per_seed[kind], runs[kind] = [], []
         for seed in seeds:
             progress.stage(f"{kind}, seed {seed}: pre-training")
-            run = pretrain_run(out, kind, seed, settings, base, longest, splits[0])
+            run = pretrain_run(out, kind, seed, settings.config, overrides, settings.steps, base, longest, splits[0])
             runs[kind].append(run)
             progress.stage(f"{kind}, seed {seed}: probing")
             checkpoint = run["dir"] / "checkpoint.pt"
-            per_seed[kind].append(probe_row(out, kind, seed, run["step"],
-                                            lambda: encoder_features(load_encoder(checkpoint)), splits,
+            per_seed[kind].append(probe_row(out, kind, seed, {"step": run["step"], "seconds": run["seconds"]},
+                                            lambda: encoder_features(load_encoder(checkpoint, device)), splits,
                                             settings.probes))
         progress.stage(f"{kind}: timing a training step and inference at T = {settings.timing_length}")
         timing[kind] = time_kind(out, kind, runs[kind][0]["model"], settings, base.batch_size)
         progress.stage(f"{kind}: head roles and attention maps")
-        roles[kind], plots[f"attention maps, {kind}"] = head_roles_and_maps(
-            out, kind, runs[kind][0]["dir"] / "checkpoint.pt", splits[2])
+        roles[kind], maps[f"attention maps, {kind}"] = head_roles_and_maps(
+            out, kind, load_encoder(runs[kind][0]["dir"] / "checkpoint.pt", device), splits[2])
 
     progress.stage("tables and plots")
     accuracy = accuracy_table(per_seed)
+    times = timing_table(timing, runs)
+    plot_accuracy_against_time(accuracy, times, out / "accuracy_vs_time.png", baseline=BASELINE)
+    plot_loss_curves({kind: [run["losses"] for run in runs[kind]] for kind in kinds}, out / "loss_curves.png")
     report = {
-        "setup": setup(settings, base, corpus, splits),
+        "setup": setup(settings, base, corpus, splits, runs),
         "accuracy": accuracy,
-        "timing": timing_table(timing, {kind: runs[kind] for kind in kinds}),
+        "timing": times,
         "pretraining": {kind: [{"seed": seed, "step": run["step"], "seconds": run["seconds"],
                                 "final_loss": run["losses"][-1][1] if run["losses"] else None}
                                for seed, run in enumerate(runs[kind])] for kind in kinds},
         "probes": per_seed,
         "head_roles": roles,
-        "plots": {},
+        "plots": {"accuracy against time (Figure 5)": "accuracy_vs_time.png", "pre-training loss": "loss_curves.png",
+                  **maps},
     }
-    plot_accuracy_against_time(accuracy, report["timing"], out / "accuracy_vs_time.png", baseline=BASELINE)
-    plot_loss_curves({kind: [run["losses"] for run in runs[kind]] for kind in kinds}, out / "loss_curves.png")
-    report["plots"] = {"accuracy against time (Figure 5)": "accuracy_vs_time.png",
-                       "pre-training loss": "loss_curves.png", **plots}
     write_text(out / "report.json", json.dumps(report, indent=1) + "\n")
-    text = markdown(report)
-    write_text(out / "report.md", text)
+    write_text(out / "report.md", markdown(report))
     return report
+
+
+def claim_folder(out: Path, corpus: Path, features: FeatureSettings, splits) -> None:
+    """Records in OUT/data.json a fingerprint of the data the folder's runs, probes and
+    timings come from (the utterances of each split, the labels, the feature settings and
+    the training split's feature statistics, which sum up all of its audio), and refuses a
+    rerun on other data, whose results the cached ones would silently stand for."""
+    def digest(*parts) -> str:
+        hashed = hashlib.sha1()
+        for part in parts:
+            hashed.update(part if isinstance(part, bytes) else "\n".join(part).encode())
+        return hashed.hexdigest()[:16]
+
+    train = splits[0]
+    data = {"utterances": {name: digest([item.id for item in split.utterances])
+                           for name, split in zip(("train", "dev", "test"), splits)},
+            "labels": digest(train.speakers, train.phones),
+            "features": features.key(),
+            "statistics": digest(*(array.tobytes() for array in train.statistics))}
+    path = out / "data.json"
+    if path.exists():
+        recorded = json.loads(path.read_text())
+        if recorded != data:
+            changed = ", ".join(key for key in data if recorded.get(key) != data[key])
+            raise ValueError(f"{out} holds a report on other data than {corpus} (its {changed} differ from "
+                             f"{path}): use another --out, or delete the folder to start again")
+        return
+    write_text(path, json.dumps(data, indent=1) + "\n")
 
 
 def ensure_corpus(root: Path) -> Path:
@@ -184,37 +227,56 @@ def ensure_corpus(root: Path) -> Path:
     return root
 
 
-def pretrain_run(out: Path, kind: str, seed: int, settings: ReportSettings, base, longest: int, train) -> dict:
+def pretrain_run(out: Path, kind: str, seed: int, config_name: str, overrides, steps: int | None, base,
+                 longest: int, train_dataset) -> dict:
     """Pre-trains (or resumes, or finds finished) one model; returns its folder, step,
-    seconds, model config and loss curve. Kinds with weights over positions get max_len =
-    the longest utterance (or crop), so the probes can run them on whole utterances; an
-    override of model.max_len wins."""
-    overrides = [f"model.max_len={max(longest, base.max_frames or longest)}"] if needs_max_len(kind) else []
-    overrides += [*settings.overrides, f"model.attention={kind}", f"seed={base.seed + seed}"]
-    if settings.steps is not None:
-        overrides.append(f"max_steps={settings.steps}")
-    config = pretrain_config(settings.config, overrides)
-    config.out_dir = str(out / "runs" / kind / f"seed{seed}")
-    pretrain(config, train, collate)
-    run_dir = Path(config.out_dir)
+    training seconds, model config and loss curve. Kinds with weights over positions get
+    max_len = the longest utterance (or crop), so the probes can run them on whole
+    utterances; an override of model.max_len wins."""
+    run_overrides = [f"model.max_len={max(longest, base.max_frames or longest)}"] if needs_max_len(kind) else []
+    run_overrides += [*overrides, f"model.attention={kind}", f"seed={base.seed + seed}"]
+    if steps is not None:
+        run_overrides.append(f"max_steps={steps}")
+    config = pretrain_config(config_name, run_overrides)
+    run_dir = out / "runs" / kind / f"seed{seed}"
+    config.out_dir = str(run_dir)
+    if (run_dir / "checkpoint.pt").exists():
+        check_same_run(run_dir, config)
+    pretrain(config, train_dataset, collate)
     checkpoint = load_checkpoint(run_dir / "checkpoint.pt")
+    if checkpoint["step"] > config.max_steps:
+        print(f"{run_dir} ran {checkpoint['step']} steps, more than the {config.max_steps} asked for: it is reported "
+              f"as it is", file=sys.stderr)
     log = [json.loads(line) for line in (run_dir / "log.jsonl").read_text().splitlines() if line.strip()]
     return {"dir": run_dir, "step": checkpoint["step"], "seconds": float(checkpoint["seconds"]),
             "model": config.model, "losses": [(entry["step"], entry["loss"]) for entry in log]}
 
 
-def probe_row(out: Path, name: str, seed: int, step: int | None, make_extractor, splits, probes: ProbeConfig) -> dict:
+def check_same_run(run_dir: Path, config) -> None:
+    """Refuses to resume or reuse a run trained with other settings (learning rate, masking,
+    crops, ...) than `config`'s, which the report would otherwise present as this config's."""
+    trained = load_checkpoint(run_dir / "checkpoint.pt")["config"]
+    wanted = config_to_dict(config)
+    changed = [f"{key}: {trained.get(key)!r} -> {wanted[key]!r}" for key in wanted
+               if key not in UNRELATED_TO_RESULTS and trained.get(key) != wanted[key]]
+    if changed:
+        raise ValueError(f"{run_dir} was trained with other settings ({'; '.join(changed)}): delete it to train "
+                         f"again, or use another --out")
+
+
+def probe_row(out: Path, name: str, seed: int, checkpoint: dict | None, make_extractor, splits,
+              probes: ProbeConfig) -> dict:
     """The four probe accuracies on the test split of one row and seed, cached in
-    OUT/probes/<name>/seed<seed>.json together with the checkpoint step and probe settings
-    they came from, and redone when either differs."""
-    probes = dataclasses.replace(probes, seed=probes.seed + seed)
+    OUT/probes/<name>/seed<seed>.json with the checkpoint ({"step", "seconds"}, None for
+    log-mel) and probe settings they came from, and redone when either differs."""
+    seeded = dataclasses.replace(probes, seed=probes.seed + seed)
     path = out / "probes" / name / f"seed{seed}.json"
-    wanted = {"checkpoint_step": step, "probes": dataclasses.asdict(probes)}
+    wanted = {"checkpoint": checkpoint, "probes": dataclasses.asdict(seeded)}
     if path.exists():
         cached = json.loads(path.read_text())
         if {key: cached.get(key) for key in wanted} == wanted:
             return cached["test"]
-    results = run_probes(make_extractor(), *splits, collate, probes)
+    results = run_probes(make_extractor(), *splits, collate, seeded)
     path.parent.mkdir(parents=True, exist_ok=True)
     write_text(path, json.dumps({**wanted, **results}, indent=1) + "\n")
     return results["test"]
@@ -223,13 +285,15 @@ def probe_row(out: Path, name: str, seed: int, step: int | None, make_extractor,
 def time_kind(out: Path, kind: str, model_config, settings: ReportSettings, batch_size: int) -> dict:
     """Median seconds of a training step and of inference of a freshly initialised encoder
     built like the kind's runs (the times do not depend on the weights), at T =
-    settings.timing_length; cached in OUT/timing/<kind>.json with its settings."""
+    settings.timing_length, in float32; cached in OUT/timing/<kind>.json with its settings,
+    device and software versions."""
     device = "cuda" if torch.cuda.is_available() else "cpu"
     length, batch = settings.timing_length, settings.timing_batch or batch_size
-    if needs_max_len(kind):  # position weights must cover the timed length
-        model_config = dataclasses.replace(model_config, max_len=max(model_config.max_len or 0, length))
+    if model_config.max_len is not None and model_config.max_len < length:  # the timed length must fit
+        model_config = dataclasses.replace(model_config, max_len=length)
     wanted = {"length": length, "batch": batch, "reps": settings.timing_reps, "warmup": TIMING_WARMUP,
-              "device": machine(device), "model": dataclasses.asdict(model_config)}
+              "device": machine(device), "model": dataclasses.asdict(model_config), "torch": torch.__version__,
+              "fastattn": fastattn.__version__, "built_with_cuda": fastattn.built_with_cuda}
     path = out / "timing" / f"{kind}.json"
     if path.exists():
         cached = json.loads(path.read_text())
@@ -248,12 +312,11 @@ def time_kind(out: Path, kind: str, model_config, settings: ReportSettings, batc
     return measured
 
 
-def head_roles_and_maps(out: Path, kind: str, checkpoint: Path, test) -> tuple[dict[str, list[str]], str]:
+def head_roles_and_maps(out: Path, kind: str, encoder: AudioALBERT, test) -> tuple[dict[str, list[str]], str]:
     """The section 4.3 analysis of one model: every head's role in every layer (majority over
     the first MAP_UTTERANCES test utterances, fastattn_train.analysis.classify_heads), and
     OUT/attention_maps/<kind>.png with every head's map of the first test utterance, titled
     by role. Returns ({layer: roles}, the picture's path relative to OUT)."""
-    encoder = load_encoder(checkpoint)
     maps = collect_maps(encoder, test, collate, utterances=MAP_UTTERANCES)
     layers, heads = encoder.config.num_layers, encoder.config.num_heads
     roles = {str(layer): classify_heads(maps[(layer, head)] for head in range(heads)) for layer in range(layers)}
@@ -266,11 +329,14 @@ def head_roles_and_maps(out: Path, kind: str, checkpoint: Path, test) -> tuple[d
     return roles, str(path)
 
 
-def setup(settings: ReportSettings, base, corpus: Path, splits) -> dict:
-    """What ran, for the report's header: date, device, versions, corpus, model, probes, timing."""
+def setup(settings: ReportSettings, base, corpus: Path, splits, runs: dict[str, list[dict]]) -> dict:
+    """What ran, for the report's header: date, device, versions, corpus, model, the steps the
+    runs reached, probes, timing, and what the head-role analysis compares with."""
     device = "cuda" if torch.cuda.is_available() else "cpu"
     model = base.model
     probes = settings.probes
+    steps = sorted({run["step"] for kind_runs in runs.values() for run in kind_runs})
+    given_init = any(override.startswith("init_fixed_pattern=") for override in settings.overrides)
     return {
         "date": datetime.date.today().isoformat(),
         "device": machine(device),
@@ -282,13 +348,15 @@ def setup(settings: ReportSettings, base, corpus: Path, splits) -> dict:
         "overrides": list(settings.overrides),
         "model": f"{model.num_layers} shared layers, hidden {model.hidden_size}, {model.num_heads} heads, "
                  f"FFN {model.ffn_size}",
-        "steps": settings.steps or base.max_steps,
+        "steps": steps[0] if len(steps) == 1 else steps,
         "seeds": settings.seeds,
         "kinds": list(settings.kinds),
         "probes": f"at most {probes.max_epochs} epochs, patience {probes.patience}, phoneme hidden size "
                   f"{probes.hidden_size}, Adam lr {probes.lr}",
         "timing": {"length": settings.timing_length, "batch": settings.timing_batch or base.batch_size,
                    "reps": settings.timing_reps, "warmup": TIMING_WARMUP},
+        "map_utterances": min(MAP_UTTERANCES, len(splits[2])),
+        "fixed_pattern_start": None if given_init else head_roles(model.num_heads),
     }
 
 

@@ -69,13 +69,14 @@ def paper_inference_ratio(kind: str) -> float | tuple[float, float] | None:
 
 def phoneme_verdicts(accuracy: dict[str, dict[str, dict | None]], kinds: list[str]) -> list[str]:
     """One plain sentence per kind: did its features beat log-mel on both phoneme probes (in
-    the mean over seeds)?"""
+    the mean over seeds; the tables give the spread)?"""
     baseline = accuracy[BASELINE]
+    phone_tasks = ("phone_1hidden", "phone_2hidden")
+    if any(baseline[task] is None for task in phone_tasks):
+        return ["Phoneme probes: not measured (the corpus has no phone labels)."]
     verdicts = []
     for kind in kinds:
-        worse = [COLUMNS[task] for task in ("phone_1hidden", "phone_2hidden")
-                 if accuracy[kind][task] is None or baseline[task] is None
-                 or accuracy[kind][task]["mean"] <= baseline[task]["mean"]]
+        worse = [COLUMNS[task] for task in phone_tasks if accuracy[kind][task]["mean"] <= baseline[task]["mean"]]
         verdicts.append(f"{kind}: pre-trained features beat log-mel on both phoneme probes." if not worse else
                         f"{kind}: pre-trained features did NOT beat log-mel on {' and '.join(worse)}.")
     return verdicts
@@ -88,6 +89,8 @@ def markdown(report: dict) -> str:
     spread_note = (f"mean ± sample standard deviation over {seeds} seeds (pre-training and probe seeds)"
                    if seeds > 1 else "one seed; rerun with --seeds N for the spread")
     timing = setup["timing"]
+    steps = setup["steps"]
+    steps = f"{steps} steps per model" if isinstance(steps, int) else f"runs of {', '.join(map(str, steps))} steps"
     paper_length = " (the paper's Table 1 length)" if timing["length"] == 500 else ""
     lines = [
         f"# Attention kinds compared on {setup['corpus']['name']}",
@@ -96,7 +99,7 @@ def markdown(report: dict) -> str:
         "",
         f"- Corpus: `{setup['corpus']['path']}`, utterances train / dev / test "
         f"{' / '.join(str(n) for n in setup['corpus']['utterances'].values())}.",
-        f"- Pre-training: config `{setup['config']}` ({setup['model']}), {setup['steps']} steps per model.",
+        f"- Pre-training: config `{setup['config']}` ({setup['model']}), {steps}.",
         f"- Probes: {setup['probes']}.",
         f"- Accuracy: test split, {spread_note}.",
         "",
@@ -109,12 +112,12 @@ def markdown(report: dict) -> str:
         lines.append(f"| {row} | " + " | ".join(_accuracy(tasks[task]) for task in TASKS) + " |")
     lines += ["", *phoneme_verdicts(report["accuracy"], setup["kinds"]), "",
               "## Time per kind (the paper's Table 1 layout)", "",
-              f"A training step (forward, backward, SGD update) and an inference pass (no gradients) of a batch of "
+              f"A float32 training step (forward, backward, SGD update) and inference pass (no gradients) of a batch of "
               f"B = {timing['batch']} utterances of T = {timing['length']} frames"
               f"{paper_length} on "
               f"{setup['device']}: medians of {timing['reps']} after {timing['warmup']} warm-up. Ratios are kind / "
               f"full (below 1 is faster); the paper's is its inference time over its baseline's. Pre-training is the "
-              f"wall time of each whole run.", "",
+              f"seconds of each run's training loop (summed over resumes; bf16 autocast on CUDA).", "",
               "| kind | train step ms | train / full | inference ms | inference / full | paper inference / full "
               "| pre-training s |",
               "|---|---|---|---|---|---|---|"]
@@ -122,11 +125,14 @@ def markdown(report: dict) -> str:
         lines.append(f"| {kind} | {row['train_step_s'] * 1e3:.1f} | {_ratio(row['train_vs_full'])} | "
                      f"{row['inference_s'] * 1e3:.1f} | {_ratio(row['inference_vs_full'])} | "
                      f"{_ratio(row['paper_inference_vs_full'])} | {_seconds(row['pretraining_s'])} |")
+    start = setup["fixed_pattern_start"]
+    start = ("the paper's proportions, here " + " : ".join(str(start.count(role)) for role in ROLES)
+             if start is not None else "the initialisation given (init_fixed_pattern)")
     lines += ["", "## Head roles (the paper's section 4.3)", "",
-              "Each head of each kind's first model sorted into the four fixed-pattern roles by "
-              "`fastattn_train.analysis.classify_head` (majority over 8 test utterances): heads per role, per layer. "
-              "The paper found 2 diagonal and 3 sparse heads among the 12 of its trained baseline, the others "
-              "increasing or decreasing; fixed_pattern starts from 5 : 1 : 1 : 5.", "",
+              f"Each head of each kind's first model sorted into the roles {', '.join(ROLES)} by "
+              f"`fastattn_train.analysis.classify_head` (majority over {setup['map_utterances']} test utterances): "
+              f"heads per role, per layer. The paper found 2 diagonal and 3 sparse heads among the 12 of its trained "
+              f"baseline, the others increasing or decreasing; fixed_pattern starts from {start}.", "",
               "| kind | layer | " + " | ".join(ROLES) + " |", "|---|---|" + "---|" * len(ROLES)]
     for kind, layers in report["head_roles"].items():
         lines += [f"| {kind} | {layer} | " + " | ".join(str(roles.count(role)) for role in ROLES) + " |"
