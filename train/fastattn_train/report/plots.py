@@ -4,9 +4,14 @@ imported only here; a bare Figure renders with Agg, so no global backend is swit
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import torch
+
+PALETTE_COLOURS = 64  # plenty for a colour map: noisy attention maps stay under 250 KB
+MAP_PIXELS = 160  # a map is drawn at most this many pixels a side (one head's panel at 80 dpi)
+SMOOTHING = 5  # logged steps per moving average of the loss curves: one batch's loss is noisy
 
 
 def _figure(**kwargs):
@@ -15,6 +20,29 @@ def _figure(**kwargs):
     except ImportError as error:
         raise ImportError("the report's plots need matplotlib: pip install matplotlib") from error
     return Figure(**kwargs)
+
+
+def kind_colour(index: int) -> tuple:
+    """A distinct colour for each of up to 20 kinds: tab20's strong shades first, then its
+    light ones, so that the first ten kinds never share a hue."""
+    from matplotlib import colormaps
+
+    return colormaps["tab20"]((2 * index) % 20 + (2 * index // 20) % 2)
+
+
+def _save(figure, path: Path, dpi: int, *, palette: bool = False) -> None:
+    """Saves `figure` as a PNG; with `palette`, in PALETTE_COLOURS colours (Pillow comes with
+    matplotlib): a third of the size for the noisy attention maps, so that reports stay small
+    enough to commit, at the cost of shifting the few colours of line and scatter plots."""
+    if not palette:
+        figure.savefig(path, dpi=dpi, bbox_inches="tight")
+        return
+    from PIL import Image
+
+    rendered = io.BytesIO()
+    figure.savefig(rendered, format="png", dpi=dpi, bbox_inches="tight")
+    rendered.seek(0)
+    Image.open(rendered).convert("RGB").quantize(colors=PALETTE_COLOURS).save(path, format="png", optimize=True)
 
 
 def plot_accuracy_against_time(accuracy: dict, timing: dict, path: Path, *, task: str = "speaker_utterance",
@@ -26,12 +54,13 @@ def plot_accuracy_against_time(accuracy: dict, timing: dict, path: Path, *, task
     figure = _figure(figsize=(11, 4.5))
     for axes, measure, title in zip(figure.subplots(1, 2), ("train_step_s", "inference_s"),
                                     ("training step", "inference")):
-        for kind, row in timing.items():
+        for index, (kind, row) in enumerate(timing.items()):
             value = accuracy[kind][task]
             if value is None:
                 continue
             milliseconds = row[measure] * 1e3
-            axes.errorbar(milliseconds, value["mean"], yerr=value["std"], fmt="o", capsize=3)
+            axes.errorbar(milliseconds, value["mean"], yerr=value["std"], fmt="o", capsize=3,
+                          color=kind_colour(index))
             axes.annotate(kind, (milliseconds, value["mean"]), textcoords="offset points", xytext=(5, 4),
                           fontsize="small")
         if baseline is not None and accuracy[baseline][task] is not None:
@@ -40,31 +69,38 @@ def plot_accuracy_against_time(accuracy: dict, timing: dict, path: Path, *, task
         axes.set(xlabel=f"{title} time (ms per batch)", ylabel=f"{task.replace('_', ' ')} accuracy",
                  title=f"Accuracy against {title} time")
         axes.grid(alpha=0.3)
-    figure.savefig(path, dpi=120, bbox_inches="tight")
+    _save(figure, path, dpi=100)
 
 
 def plot_loss_curves(curves: dict[str, list[list[tuple[int, float]]]], path: Path) -> None:
-    """Pre-training loss against step, one colour per kind, one line per seed."""
-    figure = _figure(figsize=(7, 4.5))
+    """Pre-training loss against step, as a moving average over SMOOTHING logged steps (the
+    runs of a seed see the same batches, so the raw curves mostly show which batches were
+    hard); one colour per kind, one line per seed, the legend beside the plot."""
+    figure = _figure(figsize=(9, 4.5))
     axes = figure.subplots()
     for index, (kind, runs) in enumerate(curves.items()):
-        colour = f"C{index % 10}"
         for seed, points in enumerate(runs):
             if points:
-                steps, losses = zip(*points)
-                axes.plot(steps, losses, color=colour, alpha=1.0 if seed == 0 else 0.4,
-                          label=kind if seed == 0 else None)
-    axes.set(xlabel="step", ylabel="masked L1 loss", yscale="log", title="Pre-training loss")
-    axes.legend(fontsize="small")
-    axes.grid(alpha=0.3, which="both")
-    figure.savefig(path, dpi=120, bbox_inches="tight")
+                window = min(SMOOTHING, len(points))  # a short run is averaged over what it logged
+                steps, losses = torch.tensor(points, dtype=torch.float64).T
+                kernel = torch.full((1, 1, window), 1.0 / window, dtype=torch.float64)
+                averaged = torch.nn.functional.conv1d(losses[None, None], kernel)[0, 0]
+                axes.plot(steps[window - 1:], averaged, marker="." if len(averaged) == 1 else None,
+                          color=kind_colour(index), alpha=1.0 if seed == 0 else 0.4, label=kind if seed == 0 else None)
+    axes.set(xlabel="step", ylabel="masked L1 loss",
+             title=f"Pre-training loss (moving average of {SMOOTHING} logged steps)")
+    axes.legend(fontsize="small", loc="center left", bbox_to_anchor=(1.01, 0.5))
+    axes.grid(alpha=0.3)
+    _save(figure, path, dpi=100)
 
 
 def plot_attention_maps(maps: dict[tuple[int, int], torch.Tensor], title: str, path: Path, *,
                         roles: dict[tuple[int, int], str] | None = None) -> None:
     """Every head's map (rows: layers, columns: heads) of one utterance: `maps` is
     {(layer, head): (T, T) map}, query frames down, key frames across; `roles` names each
-    head's role under its map."""
+    head's role under its map. Maps longer than MAP_PIXELS frames are max-pooled to
+    MAP_PIXELS a side first, so that a line one frame wide (a diagonal, a sparse column)
+    stays visible instead of falling between pixels."""
     layers = sorted({layer for layer, _ in maps})
     heads = sorted({head for _, head in maps})
     figure = _figure(figsize=(2.2 * len(heads), 2.2 * len(layers) + 0.6), layout="constrained")
@@ -72,7 +108,10 @@ def plot_attention_maps(maps: dict[tuple[int, int], torch.Tensor], title: str, p
     for row, layer in enumerate(layers):
         for column, head in enumerate(heads):
             axes = grid[row][column]
-            axes.imshow(maps[(layer, head)].numpy(), cmap="viridis", interpolation="nearest")
+            attention = maps[(layer, head)].float()
+            if attention.shape[-1] > MAP_PIXELS:
+                attention = torch.nn.functional.adaptive_max_pool2d(attention[None], MAP_PIXELS)[0]
+            axes.imshow(attention.numpy(), cmap="viridis", interpolation="nearest")
             axes.set_xticks([])
             axes.set_yticks([])
             if row == 0:
@@ -82,4 +121,4 @@ def plot_attention_maps(maps: dict[tuple[int, int], torch.Tensor], title: str, p
             if roles is not None:
                 axes.set_xlabel(roles[(layer, head)], fontsize="small")
     figure.suptitle(title)
-    figure.savefig(path, dpi=100, bbox_inches="tight")
+    _save(figure, path, dpi=80, palette=True)

@@ -83,69 +83,84 @@ def phoneme_verdicts(accuracy: dict[str, dict[str, dict | None]], kinds: list[st
 
 
 def markdown(report: dict) -> str:
-    """report.md: what ran, Table 2 and Table 1 in the paper's layouts, the paper's numbers,
-    and the plots."""
-    setup, seeds = report["setup"], report["setup"]["seeds"]
+    """report.md: what ran, Table 2 and Table 1 in the paper's layouts, the head roles, the
+    paper's numbers, and the plots."""
+    sections = [_header(report["setup"]), _accuracy_section(report), _timing_section(report),
+                _roles_section(report), _paper_section(), _plots_section(report)]
+    return "\n\n".join("\n".join(lines) for lines in sections) + "\n"
+
+
+def _header(setup: dict) -> list[str]:
+    seeds, steps = setup["seeds"], setup["steps"]
     spread_note = (f"mean ± sample standard deviation over {seeds} seeds (pre-training and probe seeds)"
                    if seeds > 1 else "one seed; rerun with --seeds N for the spread")
-    timing = setup["timing"]
-    steps = setup["steps"]
     steps = f"{steps} steps per model" if isinstance(steps, int) else f"runs of {', '.join(map(str, steps))} steps"
+    utterances = " / ".join(str(n) for n in setup["corpus"]["utterances"].values())
+    return [f"# Attention kinds compared on {setup['corpus']['name']}", "",
+            f"{setup['date']}, {setup['device']}, torch {setup['torch']}, fastattn {setup['fastattn']}.", "",
+            f"- Corpus: `{setup['corpus']['path']}`, utterances train / dev / test {utterances}.",
+            f"- Pre-training: config `{setup['config']}` ({setup['model']}), {steps}.",
+            f"- Probes: {setup['probes']}.",
+            f"- Accuracy: test split, {spread_note}."]
+
+
+def _table(header: list[str]) -> list[str]:
+    return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+
+
+def _accuracy_section(report: dict) -> list[str]:
+    lines = ["## Probe accuracy (the paper's Table 2 layout)", "", *_table(["features", *COLUMNS.values()])]
+    lines += [f"| {row} | " + " | ".join(_accuracy(tasks[task]) for task in TASKS) + " |"
+              for row, tasks in report["accuracy"].items()]
+    return lines + ["", *phoneme_verdicts(report["accuracy"], report["setup"]["kinds"])]
+
+
+def _timing_section(report: dict) -> list[str]:
+    setup = report["setup"]
+    timing = setup["timing"]
     paper_length = " (the paper's Table 1 length)" if timing["length"] == 500 else ""
-    lines = [
-        f"# Attention kinds compared on {setup['corpus']['name']}",
-        "",
-        f"{setup['date']}, {setup['device']}, torch {setup['torch']}, fastattn {setup['fastattn']}.",
-        "",
-        f"- Corpus: `{setup['corpus']['path']}`, utterances train / dev / test "
-        f"{' / '.join(str(n) for n in setup['corpus']['utterances'].values())}.",
-        f"- Pre-training: config `{setup['config']}` ({setup['model']}), {steps}.",
-        f"- Probes: {setup['probes']}.",
-        f"- Accuracy: test split, {spread_note}.",
-        "",
-        "## Probe accuracy (the paper's Table 2 layout)",
-        "",
-        "| features | " + " | ".join(COLUMNS.values()) + " |",
-        "|---|" + "---|" * len(COLUMNS),
-    ]
-    for row, tasks in report["accuracy"].items():
-        lines.append(f"| {row} | " + " | ".join(_accuracy(tasks[task]) for task in TASKS) + " |")
-    lines += ["", *phoneme_verdicts(report["accuracy"], setup["kinds"]), "",
-              "## Time per kind (the paper's Table 1 layout)", "",
-              f"A float32 training step (forward, backward, SGD update) and inference pass (no gradients) of a batch of "
-              f"B = {timing['batch']} utterances of T = {timing['length']} frames"
-              f"{paper_length} on "
-              f"{setup['device']}: medians of {timing['reps']} after {timing['warmup']} warm-up. Ratios are kind / "
-              f"full (below 1 is faster); the paper's is its inference time over its baseline's. Pre-training is the "
-              f"seconds of each run's training loop (summed over resumes; bf16 autocast on CUDA).", "",
-              "| kind | train step ms | train / full | inference ms | inference / full | paper inference / full "
-              "| pre-training s |",
-              "|---|---|---|---|---|---|---|"]
-    for kind, row in report["timing"].items():
-        lines.append(f"| {kind} | {row['train_step_s'] * 1e3:.1f} | {_ratio(row['train_vs_full'])} | "
-                     f"{row['inference_s'] * 1e3:.1f} | {_ratio(row['inference_vs_full'])} | "
-                     f"{_ratio(row['paper_inference_vs_full'])} | {_seconds(row['pretraining_s'])} |")
+    lines = ["## Time per kind (the paper's Table 1 layout)", "",
+             f"A float32 training step (forward, backward, SGD update) and inference pass (no gradients) of a batch "
+             f"of B = {timing['batch']} utterances of T = {timing['length']} frames{paper_length} on "
+             f"{setup['device']}: medians of {timing['reps']} after {timing['warmup']} warm-up. Ratios are kind / "
+             f"full (below 1 is faster); the paper's is its inference time over its baseline's. Pre-training is the "
+             f"seconds of each run's training loop (summed over resumes; bf16 autocast on CUDA).", "",
+             *_table(["kind", "train step ms", "train / full", "inference ms", "inference / full",
+                      "paper inference / full", "pre-training s"])]
+    lines += [f"| {kind} | {row['train_step_s'] * 1e3:.1f} | {_ratio(row['train_vs_full'])} | "
+              f"{row['inference_s'] * 1e3:.1f} | {_ratio(row['inference_vs_full'])} | "
+              f"{_ratio(row['paper_inference_vs_full'])} | {_seconds(row['pretraining_s'])} |"
+              for kind, row in report["timing"].items()]
+    return lines
+
+
+def _roles_section(report: dict) -> list[str]:
+    setup = report["setup"]
     start = setup["fixed_pattern_start"]
     start = ("the paper's proportions, here " + " : ".join(str(start.count(role)) for role in ROLES)
              if start is not None else "the initialisation given (init_fixed_pattern)")
-    lines += ["", "## Head roles (the paper's section 4.3)", "",
-              f"Each head of each kind's first model sorted into the roles {', '.join(ROLES)} by "
-              f"`fastattn_train.analysis.classify_head` (majority over {setup['map_utterances']} test utterances): "
-              f"heads per role, per layer. The paper found 2 diagonal and 3 sparse heads among the 12 of its trained "
-              f"baseline, the others increasing or decreasing; fixed_pattern starts from {start}.", "",
-              "| kind | layer | " + " | ".join(ROLES) + " |", "|---|---|" + "---|" * len(ROLES)]
-    for kind, layers in report["head_roles"].items():
-        lines += [f"| {kind} | {layer} | " + " | ".join(str(roles.count(role)) for role in ROLES) + " |"
-                  for layer, roles in layers.items()]
-    lines += ["", "## The paper's Table 2, for orientation", "",
-              "LibriSpeech, a 6-layer Audio ALBERT of hidden size 768 pre-trained for 500k steps: far more data, "
-              "model and training than a CPU run, so compare orderings, not values.", "",
-              "| features | " + " | ".join(COLUMNS.values()) + " |", "|---|" + "---|" * len(COLUMNS)]
-    lines += [f"| {row} (paper) | " + " | ".join(f"{value:.4f}" for value in values) + " |"
-              for row, values in PAPER_ACCURACY.items()]
-    lines += ["", "## Plots", ""]
-    lines += [f"![{title}]({path})" for title, path in report["plots"].items()]
-    return "\n".join(lines) + "\n"
+    lines = ["## Head roles (the paper's section 4.3)", "",
+             f"Each head of each kind's first model sorted into the roles {', '.join(ROLES)} by "
+             f"`fastattn_train.analysis.classify_head` (majority over {setup['map_utterances']} test utterances): "
+             f"heads per role, per layer. The paper found 2 diagonal and 3 sparse heads among the 12 of its trained "
+             f"baseline, the others increasing or decreasing; fixed_pattern starts from {start}.", "",
+             *_table(["kind", "layer", *ROLES])]
+    lines += [f"| {kind} | {layer} | " + " | ".join(str(roles.count(role)) for role in ROLES) + " |"
+              for kind, layers in report["head_roles"].items() for layer, roles in layers.items()]
+    return lines
+
+
+def _paper_section() -> list[str]:
+    lines = ["## The paper's Table 2, for orientation", "",
+             "LibriSpeech, a 6-layer Audio ALBERT of hidden size 768 pre-trained for 500k steps: far more data, "
+             "model and training than a CPU run, so compare orderings, not values.", "",
+             *_table(["features", *COLUMNS.values()])]
+    return lines + [f"| {row} (paper) | " + " | ".join(f"{value:.4f}" for value in values) + " |"
+                    for row, values in PAPER_ACCURACY.items()]
+
+
+def _plots_section(report: dict) -> list[str]:
+    return ["## Plots", "", *[f"![{title}]({path})" for title, path in report["plots"].items()]]
 
 
 def _accuracy(value: dict | None) -> str:
