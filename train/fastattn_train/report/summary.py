@@ -98,7 +98,7 @@ def _header(setup: dict) -> list[str]:
     utterances = " / ".join(str(n) for n in setup["corpus"]["utterances"].values())
     return [f"# Attention kinds compared on {setup['corpus']['name']}", "",
             f"{setup['date']}, {setup['device']}, torch {setup['torch']}, fastattn {setup['fastattn']}.", "",
-            f"- Corpus: `{setup['corpus']['path']}`, utterances train / dev / test {utterances}.",
+            f"- Corpus: {setup['corpus']['path']}, utterances train / dev / test {utterances}.",
             f"- Pre-training: config `{setup['config']}` ({setup['model']}), {steps}.",
             f"- Probes: {setup['probes']}.",
             f"- Accuracy: test split, {spread_note}."]
