@@ -227,3 +227,49 @@ def test_device_mix_is_named():
 def test_direct_op_call_with_bad_shapes_raises_instead_of_crashing():
     with pytest.raises(ValueError, match="v must be"):
         op.fixed_attention_forward(torch.randn(2, 5, 5), torch.randn(3, 2, 6, 4), None)
+
+
+def test_batch_of_one_with_padding_gets_masked_gradients():
+    """With B = 1 a masked call has one softmax set, as an unmasked one does; the backward
+    once took that for the shared, unmasked softmax and ignored the padding."""
+    logits, v, _ = make_inputs(1, 2, 20, 8, "none", seed=12)
+    mask = torch.zeros(1, 20, dtype=torch.bool)
+    mask[0, [3, 11]] = True
+    check_against_reference(logits, v, mask)
+    check_against_reference(logits.float(), v.float(), mask)
+
+
+def _bad_backward_arguments():
+    """(name, replacement) pairs for one argument of a direct backward call."""
+    return {
+        "grad_out shape": ("grad_out", torch.randn(3, 2, 5, 3)),
+        "grad_out dtype": ("grad_out", torch.randn(3, 2, 5, 4, dtype=torch.float64)),
+        "out shape": ("out", torch.randn(3, 2, 4, 4)),
+        "lse shape": ("lse", torch.randn(3, 2, 5)),  # unmasked: one softmax set, (1, H, T)
+        "lse dtype": ("lse", torch.randn(1, 2, 5, dtype=torch.float64)),
+    }
+
+
+@pytest.mark.parametrize("case", list(_bad_backward_arguments()))
+def test_direct_backward_call_checks_what_autograd_would_pass(case):
+    logits, v = torch.randn(2, 5, 5), torch.randn(3, 2, 5, 4)
+    out, lse = op.fixed_attention_forward(logits, v, None)
+    arguments = dict(grad_out=torch.randn_like(out), out=out, lse=lse)
+    name, replacement = _bad_backward_arguments()[case]
+    arguments[name] = replacement
+    with pytest.raises((ValueError, TypeError), match=rf"\b{name}\b"):
+        op.fixed_attention_backward(arguments["grad_out"], logits, v, None, arguments["out"], arguments["lse"])
+
+
+@requires_cuda
+def test_cuda_backward_takes_a_non_contiguous_lse():
+    """The CUDA backward once kept a pointer into lse.contiguous(), a temporary freed before
+    its kernels ran; a strided lse shows it (wrong gradients, or a sanitizer report)."""
+    logits, v, mask = make_inputs(2, 3, 40, 16, "random", seed=13, device="cuda", dtype=torch.float32)
+    out, lse = op.fixed_attention_forward(logits, v, mask)
+    strided_lse = lse.transpose(0, 1).contiguous().transpose(0, 1)
+    grad_out = torch.randn_like(out)
+    want = op.fixed_attention_backward(grad_out, logits, v, mask, out, lse)
+    got = op.fixed_attention_backward(grad_out, logits, v, mask, out, strided_lse)
+    for got_grad, want_grad in zip(got, want):
+        torch.testing.assert_close(got_grad, want_grad)

@@ -129,10 +129,9 @@ std::tuple<at::Tensor, at::Tensor> fixed_attention_backward_cpu(const at::Tensor
                                                                 const at::Tensor& v,
                                                                 const std::optional<at::Tensor>& mask,
                                                                 const at::Tensor& out, const at::Tensor& lse) {
-  check_fixed_attention_inputs(logits, v, mask);
+  check_fixed_attention_backward_inputs(grad_out, logits, v, mask, out, lse);
   check_cpu_dtype(logits);
   const int64_t B = v.size(0), H = v.size(1), T = v.size(2), D = v.size(3);
-  const int64_t s_count = softmax_sets(v, mask);
   at::Tensor grad_logits = new_output({H, T, T}, logits.options());
   at::Tensor grad_v = new_output({B, H, T, D}, v.options());
   if (T == 0 || H == 0) return {grad_logits, grad_v};
@@ -145,7 +144,9 @@ std::tuple<at::Tensor, at::Tensor> fixed_attention_backward_cpu(const at::Tensor
     for (int64_t task = 0; task < groups.count; ++task) {
       const int64_t h0 = task * groups.size, n = std::min(groups.size, H - h0);
       at::Tensor grad_logits_group = grad_logits.narrow(0, h0, n).zero_();
-      if (s_count == 1) {
+      // Branch on the mask, not on s_count: with B = 1 a masked call has one softmax set
+      // too, but its probabilities must still leave out the padded keys.
+      if (!mask) {
         const at::Tensor probs = probabilities(logits.narrow(0, h0, n), lse[0].narrow(0, h0, n));
         const at::Tensor grad_out_columns = batch_as_columns(grad_out, h0, n);
         grad_v.narrow(1, h0, n).copy_(columns_as_batch(at::bmm(probs.transpose(1, 2), grad_out_columns), B, D));

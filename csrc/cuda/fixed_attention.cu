@@ -15,6 +15,8 @@
 namespace fastattn::cuda {
 namespace {
 
+constexpr int64_t kMaxGridYZ = 65535;
+
 int64_t blocks_for(int64_t items) { return (items + kTile - 1) / kTile; }
 
 // Inputs laid out the way the kernels read them.
@@ -37,8 +39,10 @@ struct Inputs {
 void check_cuda_inputs(const at::Tensor& logits, const at::Tensor& v, const std::optional<at::Tensor>& mask) {
   check_fixed_attention_inputs(logits, v, mask);
   check_cuda_float(logits, "fixed_attention");
-  TORCH_CHECK_VALUE(v.size(0) * blocks_for(v.size(3)) <= 65535,
+  // Grid dimensions y and z hold at most 65535 blocks (fastattn.ops._checks says so first).
+  TORCH_CHECK_VALUE(v.size(0) * blocks_for(v.size(3)) <= kMaxGridYZ,
                     "fixed_attention on CUDA: batch * ceil(D / 64) must be at most 65535, got v ", v.sizes());
+  TORCH_CHECK_VALUE(v.size(1) <= kMaxGridYZ, "fixed_attention on CUDA takes at most 65535 heads, got ", v.size(1));
 }
 
 // y = P x (or P^T x), one launch over every (row tile, head, batch item, column tile).
@@ -76,18 +80,21 @@ std::tuple<at::Tensor, at::Tensor> fixed_attention_forward_cuda(const at::Tensor
 std::tuple<at::Tensor, at::Tensor> fixed_attention_backward_cuda(const at::Tensor& grad_out_in,
                                                                  const at::Tensor& logits_in, const at::Tensor& v_in,
                                                                  const std::optional<at::Tensor>& mask_in,
-                                                                 const at::Tensor& out, const at::Tensor& lse) {
+                                                                 const at::Tensor& out, const at::Tensor& lse_in) {
   check_cuda_inputs(logits_in, v_in, mask_in);
+  check_fixed_attention_backward_inputs(grad_out_in, logits_in, v_in, mask_in, out, lse_in);
   const c10::cuda::CUDAGuard guard(v_in.device());
   const Inputs in(logits_in, v_in, mask_in);
   const int64_t B = in.v.size(0), H = in.v.size(1), T = in.v.size(2), D = in.v.size(3);
   const at::Tensor grad_out = grad_out_in.contiguous();
+  // A named local: params keeps a pointer into it for the launches below.
+  const at::Tensor lse = lse_in.contiguous();
   at::Tensor grad_logits = new_output({H, T, T}, in.logits.options());
   at::Tensor grad_v = new_output({B, H, T, D}, in.v.options());
   if (H * T == 0) return {grad_logits, grad_v};
   // delta[b, h, i] = dO_i . out_i = sum_j P_ij dL/dP_ij
   const at::Tensor delta = (grad_out.to(at::kFloat) * out.to(at::kFloat)).sum(-1).contiguous();
-  const FixedAttentionParams params = in.params(lse.contiguous());
+  const FixedAttentionParams params = in.params(lse);
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   FASTATTN_DISPATCH_CUDA_FLOATS(in.v.scalar_type(), "fixed_attention_backward_cuda", [&] {
     if (grad_v.numel() > 0) launch_probs_times<scalar_t, true>(params, in.logits, grad_out, grad_v, stream);

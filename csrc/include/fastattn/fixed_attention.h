@@ -6,6 +6,8 @@
 
 #include <optional>
 
+#include "fastattn/tensor_checks.h"
+
 namespace fastattn {
 
 // Guards for direct torch.ops calls; fastattn.ops.fixed_attention validates arguments
@@ -21,14 +23,7 @@ inline void check_fixed_attention_inputs(const at::Tensor& logits, const at::Ten
                    "fixed_attention: v and logits must share a dtype, got ", v.scalar_type(),
                    " and ", logits.scalar_type());
   TORCH_CHECK_VALUE(v.device() == logits.device(), "fixed_attention: v and logits must be on one device");
-  if (key_padding_mask.has_value()) {
-    const at::Tensor& mask = *key_padding_mask;
-    TORCH_CHECK_TYPE(mask.scalar_type() == at::kBool, "fixed_attention: key_padding_mask must be bool");
-    TORCH_CHECK_VALUE(mask.dim() == 2 && mask.size(0) == v.size(0) && mask.size(1) == v.size(2),
-                      "fixed_attention: key_padding_mask must be (B, T) = (", v.size(0), ", ", v.size(2),
-                      "), got ", mask.sizes());
-    TORCH_CHECK_VALUE(mask.device() == v.device(), "fixed_attention: key_padding_mask must be on the device of v");
-  }
+  check_key_padding_mask(key_padding_mask, "fixed_attention", v.size(0), v.size(2), v.device());
 }
 
 // Rows of softmax statistics: one set shared by the whole batch without a mask, one per
@@ -40,6 +35,18 @@ inline int64_t softmax_sets(const at::Tensor& v, const std::optional<at::Tensor>
 // Statistics are float32 for float32 and the half types, float64 for float64.
 inline at::ScalarType accumulate_type(at::ScalarType dtype) {
   return dtype == at::kDouble ? at::kDouble : at::kFloat;
+}
+
+// The backward's guards: the forward's, and grad_out, out and lse as the forward made them.
+inline void check_fixed_attention_backward_inputs(const at::Tensor& grad_out, const at::Tensor& logits,
+                                                  const at::Tensor& v,
+                                                  const std::optional<at::Tensor>& key_padding_mask,
+                                                  const at::Tensor& out, const at::Tensor& lse) {
+  check_fixed_attention_inputs(logits, v, key_padding_mask);
+  check_tensor_like(grad_out, "fixed_attention_backward", "grad_out", v.sizes(), v.scalar_type(), v.device());
+  check_tensor_like(out, "fixed_attention_backward", "out", v.sizes(), v.scalar_type(), v.device());
+  check_tensor_like(lse, "fixed_attention_backward", "lse", {softmax_sets(v, key_padding_mask), v.size(1), v.size(2)},
+                    accumulate_type(v.scalar_type()), v.device());
 }
 
 }  // namespace fastattn

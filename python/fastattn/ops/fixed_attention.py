@@ -44,6 +44,23 @@ def _check_arguments(logits: object, v: object, key_padding_mask: object) -> Non
     _checks.float_dtype("v", v)
     _checks.same_dtype("logits", logits, "v", v)
     _checks.key_padding_mask(key_padding_mask, v.shape[0], v.shape[2], v)
+    if v.device.type == "cuda":
+        _check_cuda_grid(v)
+
+
+# The CUDA kernels put the heads and (batch, 64-column tiles of D) on grid dimensions
+# that hold at most 65535 blocks each.
+_MAX_GRID_YZ = 65535
+
+
+def _check_cuda_grid(v: torch.Tensor) -> None:
+    batch, heads, _, dim = v.shape
+    if heads > _MAX_GRID_YZ:
+        raise ValueError(f"v may have at most {_MAX_GRID_YZ} heads (H) on CUDA, got shape {tuple(v.shape)}")
+    if batch * -(-dim // 64) > _MAX_GRID_YZ:
+        raise ValueError(
+            f"v on CUDA needs B * ceil(D / 64) <= {_MAX_GRID_YZ}, got B = {batch}, D = {dim}: split the batch"
+        )
 
 
 def _statistics_dtype(dtype: torch.dtype) -> torch.dtype:
