@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from fastattn import ops, reference
-from helpers import DEVICES, PADDINGS, padding_mask
+from helpers import DEVICES, PADDINGS, padding_mask, requires_cuda
 
 op = torch.ops.fastattn
 ROLES = ("query", "key")
@@ -56,8 +56,9 @@ def test_transform_matches_reference(device, scheme, role, padding):
     got = ops.mips_transform(x, scheme, role, key_padding_mask=mask, keys=k)
     want = reference.mips_transform(x, scheme, role, key_padding_mask=mask, keys=k)
     assert got.shape == (*x.shape[:3], x.shape[3] + ops.extra_dims(scheme))
-    # sqrt(M^2 - ||k||^2) at the largest key loses half its digits to cancellation:
-    # sqrt(eps) times the norms (up to about 10 here)
+    # sqrt(M^2 - ||k||^2) at keys of norm close to M loses half its digits to
+    # cancellation when the two sides sum ||k||^2 in other orders: sqrt(eps) times the
+    # norms (up to about 10 here). At the largest key itself it is exactly 0 on both.
     torch.testing.assert_close(got, want, atol=1e-6, rtol=1e-9)
     if mask is not None:
         assert got[mask[:, None, :].expand(got.shape[:3])].eq(0).all()
@@ -243,3 +244,90 @@ def test_bad_input_is_named(case):
 def test_direct_op_call_with_unknown_scheme_raises():
     with pytest.raises(ValueError, match="scheme"):
         op.mips_transform(torch.randn(1, 1, 2, 3), "minhash", "key", None, None, 2, 0.75)
+
+
+def _bad_direct_topk_calls():
+    """Direct torch.ops calls the C++ guards must refuse (the wrapper's checks are skipped)."""
+    codes = torch.zeros(2, 2, 5, 1, dtype=torch.int64)
+    q = torch.randn(2, 2, 5, 8)
+
+    def call(q_codes=codes, k_codes=codes, mask=None, mode="hamming", q=None, k=None):
+        return lambda: op.topk_keys(q_codes, k_codes, 3, mask, mode, q, k, None)
+
+    five_words = torch.zeros(1, 1, 5, 5, dtype=torch.int64)  # the kernels hold at most 4
+    return {
+        "too many words": (call(five_words, five_words), ValueError, "words"),
+        "mask shape": (call(mask=torch.zeros(2, 4, dtype=torch.bool)), ValueError, "key_padding_mask"),
+        "mask dtype": (call(mask=torch.zeros(2, 5)), TypeError, "key_padding_mask"),
+        "bucket q batch": (call(mode="bucket", q=q[:1], k=q), ValueError, "q"),
+        "bucket k dtype": (call(mode="bucket", q=q, k=q.double()), TypeError, "k"),
+    }
+
+
+@pytest.mark.parametrize("case", list(_bad_direct_topk_calls()))
+def test_direct_topk_call_with_bad_input_raises(case):
+    call, error, name = _bad_direct_topk_calls()[case]
+    with pytest.raises(error, match=rf"\b{name}\b"):
+        call()
+
+
+def test_direct_transform_call_checks_the_mask():
+    with pytest.raises(ValueError, match="key_padding_mask"):
+        op.mips_transform(torch.randn(2, 1, 5, 3), "xbox", "key", torch.zeros(2, 4, dtype=torch.bool), None, 2, 0.75)
+
+
+@requires_cuda
+def test_bucket_mode_names_q_or_k_on_another_device():
+    codes = torch.zeros(1, 1, 5, 1, dtype=torch.int64, device="cuda")
+    q = torch.randn(1, 1, 5, 8, device="cuda")
+    with pytest.raises(ValueError, match=r"\bk\b"):
+        ops.topk_keys(codes, codes, 2, mode="bucket", q=q, k=q.cpu())
+    with pytest.raises(ValueError, match=r"\bk\b"):  # the C++ guard, for direct calls
+        op.topk_keys(codes, codes, 2, None, "bucket", q, q.cpu(), None)
+
+
+@pytest.mark.parametrize("scheme", ["xbox", "xbox_qnf", "simple_lsh", "simple_alsh"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("device", DEVICES)
+def test_largest_key_appends_exactly_zero(device, dtype, scheme):
+    """M^2 is the largest of the very squared norms the rows use, so the key of norm M
+    appends sqrt(M^2 - ||k||^2) = 0 exactly: no sqrt(rounding) to flip its code bits."""
+    generator = torch.Generator().manual_seed(17)
+    for scale in (1e-2, 5.0, 56.0):
+        k = (scale * torch.randn(64, 3, 11, 16, generator=generator, dtype=torch.float64)).to(device, dtype)
+        appended = ops.mips_transform(k, scheme, "key")[..., 16]
+        assert appended.amin(-1).eq(0).all(), f"scale {scale}: {appended.amin(-1).abs().max().item():.3e}"
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_nan_dot_products_rank_last_in_bucket_mode(device):
+    """NaN ranks after every number (lsh_select.h): a total order, so every slot is written
+    and the CPU and CUDA agree with the reference."""
+    generator = torch.Generator().manual_seed(18)
+    q = torch.randn(2, 2, 12, 8, generator=generator)
+    k = torch.randn(2, 2, 12, 8, generator=generator)
+    k[:, :, ::3, 0] = float("nan")
+    q[:, :, 5, 1] = float("nan")  # a query whose every candidate scores NaN
+    q, k = q.to(device), k.to(device)
+    codes = torch.zeros(2, 2, 12, 1, dtype=torch.int64, device=device)  # every key is a candidate
+    got = ops.topk_keys(codes, codes, 10, mode="bucket", q=q, k=k)
+    want = reference.topk_keys(codes, codes, 10, mode="bucket", q=q, k=k)
+    assert torch.equal(got.cpu(), want.cpu())
+    numeric_rows = [i for i in range(12) if i != 5]
+    assert got[:, :, numeric_rows, :8].remainder(3).ne(0).all()  # the 8 keys without NaN come first
+    assert got[:, :, numeric_rows, 8:].remainder(3).eq(0).all()
+
+
+@requires_cuda
+def test_bucket_mode_ranks_near_ties_as_the_cpu_does():
+    """Keys that are permutations of one vector against a constant query: their q . k are
+    equal in exact arithmetic, so the order rests on rounding alone. Both devices compute the
+    same float32 expression (lsh_select.h: no fused multiply-add), so they agree bit for bit."""
+    generator = torch.Generator().manual_seed(19)
+    base = torch.randn(64, generator=generator)
+    k = torch.stack([base[torch.randperm(64, generator=generator)] for _ in range(200)]).view(1, 1, 200, 64)
+    q = torch.full((1, 1, 200, 64), 0.37)
+    codes = torch.zeros(1, 1, 200, 1, dtype=torch.int64)
+    on_cpu = ops.topk_keys(codes, codes, 50, mode="bucket", q=q, k=k)
+    on_cuda = ops.topk_keys(codes.cuda(), codes.cuda(), 50, mode="bucket", q=q.cuda(), k=k.cuda())
+    assert torch.equal(on_cuda.cpu(), on_cpu)

@@ -27,6 +27,35 @@ void check_cpu_float(const at::Tensor& x, const char* name) {
                    " on the CPU must be float32 or float64, got ", x.scalar_type());
 }
 
+// ||x_row||^2 of every row of a (B, H, T, D) tensor as (B, H, T) in the accumulation
+// dtype, summed in order of d: the values the transform of each row uses, and the ones its
+// maxima M^2 and Mq^2 are taken over (mips_math.h).
+at::Tensor row_sq_norms(const at::Tensor& x_in) {
+  const at::Tensor x = x_in.to(accumulate_type(x_in)).contiguous();
+  const int64_t D = x.size(3);
+  at::Tensor sq_norms = new_output({x.size(0), x.size(1), x.size(2)}, x.options());
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "row_sq_norms_cpu", [&] {
+    const scalar_t* xs = x.data_ptr<scalar_t>();
+    scalar_t* out = sq_norms.data_ptr<scalar_t>();
+    at::parallel_for(0, sq_norms.numel(), kRowsPerTask, [&](int64_t begin, int64_t end) {
+      for (int64_t row = begin; row < end; ++row) {
+        scalar_t sum = 0;
+        for (int64_t d = 0; d < D; ++d) sum += xs[row * D + d] * xs[row * D + d];
+        out[row] = sum;
+      }
+    });
+  });
+  return sq_norms;
+}
+
+lsh_host::TransformSetup transform_setup(const at::Tensor& x, c10::string_view scheme, c10::string_view role,
+                                         const std::optional<at::Tensor>& mask, const std::optional<at::Tensor>& keys,
+                                         int64_t m, double U) {
+  check_cpu_float(x, "x");
+  return lsh_host::transform_setup(x, std::string(scheme), std::string(role), mask, keys, m, U, accumulate_type(x),
+                                   row_sq_norms);
+}
+
 // The transformed rows in the accumulation dtype, zero on padded positions.
 at::Tensor transform_rows(const at::Tensor& x_in, const lsh_host::TransformSetup& setup,
                           const std::optional<at::Tensor>& mask_in) {
@@ -39,8 +68,9 @@ at::Tensor transform_rows(const at::Tensor& x_in, const lsh_host::TransformSetup
   AT_DISPATCH_FLOATING_TYPES(acc, "mips_transform_cpu", [&] {
     const scalar_t* xs = x.data_ptr<scalar_t>();
     scalar_t* os = out.data_ptr<scalar_t>();
-    const scalar_t* key_max = setup.key_max.data_ptr<scalar_t>();
-    const scalar_t* query_max = setup.query_max.data_ptr<scalar_t>();
+    const scalar_t* sq_norms = setup.sq_norms.data_ptr<scalar_t>();
+    const scalar_t* key_max_sq = setup.key_max_sq.data_ptr<scalar_t>();
+    const scalar_t* query_max_sq = setup.query_max_sq.data_ptr<scalar_t>();
     const bool* padding = mask ? mask->data_ptr<bool>() : nullptr;
     at::parallel_for(0, B * H * T, kRowsPerTask, [&](int64_t begin, int64_t end) {
       for (int64_t row = begin; row < end; ++row) {
@@ -51,12 +81,10 @@ at::Tensor transform_rows(const at::Tensor& x_in, const lsh_host::TransformSetup
           std::fill(dst, dst + D + e, scalar_t(0));
           continue;
         }
-        scalar_t sq_norm = 0;
-        for (int64_t d = 0; d < D; ++d) sq_norm += in[d] * in[d];
         scalar_t extra[mips::kMaxExtra];
         const scalar_t scale = mips::transform_coefficients<scalar_t>(
-            setup.scheme, setup.role, sq_norm, key_max[bh], query_max[bh], static_cast<scalar_t>(setup.U), setup.m,
-            extra);
+            setup.scheme, setup.role, sq_norms[row], key_max_sq[bh], query_max_sq[bh],
+            static_cast<scalar_t>(setup.U), setup.m, extra);
         for (int64_t d = 0; d < D; ++d) dst[d] = scale * in[d];
         for (int r = 0; r < e; ++r) dst[D + r] = extra[r];
       }
@@ -68,24 +96,16 @@ at::Tensor transform_rows(const at::Tensor& x_in, const lsh_host::TransformSetup
 at::Tensor mips_transform_cpu(const at::Tensor& x, c10::string_view scheme, c10::string_view role,
                               const std::optional<at::Tensor>& mask, const std::optional<at::Tensor>& keys, int64_t m,
                               double U) {
-  check_cpu_float(x, "x");
-  const auto setup = lsh_host::transform_setup(x, std::string(scheme), std::string(role), mask, keys, m, U,
-                                               accumulate_type(x));
-  return transform_rows(x, setup, mask).to(x.scalar_type());
+  return transform_rows(x, transform_setup(x, scheme, role, mask, keys, m, U), mask).to(x.scalar_type());
 }
 
 at::Tensor alsh_hash_cpu(const at::Tensor& x, c10::string_view scheme, c10::string_view role,
                          const at::Tensor& projections, const std::optional<at::Tensor>& mask,
                          const std::optional<at::Tensor>& keys, int64_t m, double U) {
-  check_cpu_float(x, "x");
-  const auto setup = lsh_host::transform_setup(x, std::string(scheme), std::string(role), mask, keys, m, U,
-                                               accumulate_type(x));
+  const auto setup = transform_setup(x, scheme, role, mask, keys, m, U);
+  lsh_host::check_projections(projections, x.size(3) + mips::extra_dims(setup.scheme, setup.m), x);
   const int64_t n_bits = projections.size(0), words = (n_bits + 63) / 64;
   const at::Tensor transformed = transform_rows(x, setup, mask);
-  TORCH_CHECK_VALUE(projections.dim() == 2 && projections.size(1) == transformed.size(3) && n_bits >= 1 &&
-                        n_bits <= lsh::kMaxBits,
-                    "projections must be (n_bits, D + e) = (1..256, ", transformed.size(3), "), got ",
-                    projections.sizes());
   // Padded rows are all zero, so every projection is 0 and every bit 0, as the SPEC asks.
   const at::Tensor values = at::matmul(transformed, projections.to(transformed.scalar_type()).t()).contiguous();
   const int64_t rows = values.numel() / std::max<int64_t>(n_bits, 1);
@@ -155,7 +175,7 @@ at::Tensor topk_keys_cpu(const at::Tensor& q_codes_in, const at::Tensor& k_codes
                          const std::optional<at::Tensor>& q_in, const std::optional<at::Tensor>& k_in,
                          std::optional<int64_t> n_bits_in) {
   const std::string mode(mode_in);
-  const int n_bits = lsh_host::check_topk_inputs(q_codes_in, k_codes_in, L, mode, q_in, k_in, n_bits_in);
+  const int n_bits = lsh_host::check_topk_inputs(q_codes_in, k_codes_in, L, mask_in, mode, q_in, k_in, n_bits_in);
   const int64_t B = q_codes_in.size(0), H = q_codes_in.size(1), Tq = q_codes_in.size(2), Tk = k_codes_in.size(2);
   const int words = static_cast<int>(q_codes_in.size(3));
   const bool bucket = mode == "bucket";
@@ -195,10 +215,7 @@ at::Tensor topk_keys_cpu(const at::Tensor& q_codes_in, const at::Tensor& k_codes
               lsh::equal_bits(query_code, kc + (bh * Tk + j) * words, words, n_bits) != n_bits) {
             continue;
           }
-          const scalar_t* kj = k.data_ptr<scalar_t>() + (bh * Tk + j) * D;
-          scalar_t dot = 0;
-          for (int64_t d = 0; d < D; ++d) dot += qi[d] * kj[d];
-          candidates.emplace_back(dot, j);
+          candidates.emplace_back(lsh::bucket_dot(qi, k.data_ptr<scalar_t>() + (bh * Tk + j) * D, D), j);
         }
         const int64_t taken = std::min<int64_t>(L, static_cast<int64_t>(candidates.size()));
         std::partial_sort(candidates.begin(), candidates.begin() + taken, candidates.end(),

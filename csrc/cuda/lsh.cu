@@ -18,7 +18,21 @@ using namespace lsh_kernels;
 
 int64_t blocks_for_rows(int64_t rows) { return (rows + kWarps - 1) / kWarps; }
 
-// The transform's parameters, with the norm maxima computed (a small ATen pass).
+// ||x_row||^2 of every row of a (B, H, T, D) tensor as float (B, H, T), by sq_norm_kernel.
+at::Tensor row_sq_norms(const at::Tensor& x_in) {
+  const at::Tensor x = x_in.contiguous();
+  at::Tensor sq_norms = new_output({x.size(0), x.size(1), x.size(2)}, x.options().dtype(at::kFloat));
+  const int64_t rows = sq_norms.numel();
+  if (rows == 0) return sq_norms;
+  FASTATTN_DISPATCH_CUDA_FLOATS(x.scalar_type(), "row_sq_norms_cuda", [&] {
+    sq_norm_kernel<scalar_t><<<blocks_for_rows(rows), kWarps * 32, 0, c10::cuda::getCurrentCUDAStream()>>>(
+        x.data_ptr<scalar_t>(), rows, x.size(3), sq_norms.data_ptr<float>());
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+  return sq_norms;
+}
+
+// The transform's parameters, with the squared norms and their maxima computed.
 struct Transform {
   at::Tensor x;  // contiguous
   std::optional<at::Tensor> mask;
@@ -29,7 +43,8 @@ struct Transform {
             const std::optional<at::Tensor>& mask_in, const std::optional<at::Tensor>& keys, int64_t m, double U)
       : x(x_in.contiguous()),
         mask(mask_in ? std::optional<at::Tensor>(mask_in->contiguous()) : std::nullopt),
-        setup(lsh_host::transform_setup(x, std::string(scheme), std::string(role), mask, keys, m, U, at::kFloat)) {
+        setup(lsh_host::transform_setup(x, std::string(scheme), std::string(role), mask, keys, m, U, at::kFloat,
+                                        row_sq_norms)) {
     params = {x.size(0) * x.size(1) * x.size(2),
               x.size(1),
               x.size(2),
@@ -40,8 +55,9 @@ struct Transform {
               mips::extra_dims(setup.scheme, setup.m),
               static_cast<float>(setup.U),
               mask ? mask->data_ptr<bool>() : nullptr,
-              setup.key_max.data_ptr<float>(),
-              setup.query_max.data_ptr<float>()};
+              setup.sq_norms.data_ptr<float>(),
+              setup.key_max_sq.data_ptr<float>(),
+              setup.query_max_sq.data_ptr<float>()};
   }
 };
 
@@ -69,11 +85,8 @@ at::Tensor alsh_hash_cuda(const at::Tensor& x_in, c10::string_view scheme, c10::
   const c10::cuda::CUDAGuard guard(x_in.device());
   const Transform transform(x_in, scheme, role, mask, keys, m, U);
   const TransformParams& p = transform.params;
+  lsh_host::check_projections(projections_in, p.dim + p.extra, x_in);
   const int64_t n_bits = projections_in.size(0);
-  TORCH_CHECK_VALUE(projections_in.dim() == 2 && projections_in.size(1) == p.dim + p.extra && n_bits >= 1 &&
-                        n_bits <= lsh::kMaxBits,
-                    "projections must be (n_bits, D + e) = (1..256, ", p.dim + p.extra, "), got ",
-                    projections_in.sizes());
   const int64_t cache_bytes = kWarps * p.dim * static_cast<int64_t>(sizeof(float));
   TORCH_CHECK_VALUE(cache_bytes <= 48 * 1024, "alsh_hash on CUDA takes D up to ", 48 * 1024 / (kWarps * 4),
                     ", got ", p.dim);
@@ -95,7 +108,7 @@ at::Tensor topk_keys_cuda(const at::Tensor& q_codes_in, const at::Tensor& k_code
                           const std::optional<at::Tensor>& q_in, const std::optional<at::Tensor>& k_in,
                           std::optional<int64_t> n_bits_in) {
   const std::string mode(mode_in);
-  const int n_bits = lsh_host::check_topk_inputs(q_codes_in, k_codes_in, L, mode, q_in, k_in, n_bits_in);
+  const int n_bits = lsh_host::check_topk_inputs(q_codes_in, k_codes_in, L, mask_in, mode, q_in, k_in, n_bits_in);
   const bool bucket = mode == "bucket";
   TORCH_CHECK_VALUE(!bucket || L <= kMaxL, "topk_keys on CUDA in bucket mode takes L up to ", kMaxL, ", got ", L);
   const c10::cuda::CUDAGuard guard(q_codes_in.device());

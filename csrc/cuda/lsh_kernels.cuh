@@ -2,6 +2,8 @@
 
 // The CUDA kernels of the LSH ops; launches live in lsh.cu. One warp per row throughout:
 //
+//   sq_norm_kernel:       ||x||^2 of every row, the values both the transform of each row
+//                         and the maxima M^2, Mq^2 are taken from (mips_math.h says why).
 //   transform_kernel:     x -> [scale x; extras] (mips_math.h), or, fused with the
 //                         projections, straight to packed sign bits (never writing the
 //                         transformed vector).
@@ -31,9 +33,10 @@ struct TransformParams {
   mips::Role role;
   int m, extra;
   float U;
-  const bool* key_padding;  // (B, T) or nullptr
-  const float* key_max;     // (B, H)
-  const float* query_max;   // (B, H)
+  const bool* key_padding;    // (B, T) or nullptr
+  const float* sq_norms;      // (B, H, T), from sq_norm_kernel
+  const float* key_max_sq;    // (B, H)
+  const float* query_max_sq;  // (B, H)
 };
 
 __device__ __forceinline__ float warp_sum(float value) {
@@ -42,20 +45,28 @@ __device__ __forceinline__ float warp_sum(float value) {
   return value;
 }
 
-// The scale and extras of one row (every lane gets the same values); false for a padded row.
+// out[row] = ||x_row||^2 of `rows` rows of `dim` values, in float.
 template <class scalar_t>
-__device__ __forceinline__ bool row_coefficients(const TransformParams& p, const scalar_t* row, int64_t index,
-                                                 float& scale, float* extra) {
+__global__ void __launch_bounds__(kWarps * 32)
+    sq_norm_kernel(const scalar_t* x, int64_t rows, int64_t dim, float* out) {
+  const int64_t index = static_cast<int64_t>(blockIdx.x) * kWarps + threadIdx.x / 32;
+  if (index >= rows) return;  // whole warps leave together, so the shuffles stay full
   const int lane = threadIdx.x % 32;
-  const int64_t bh = index / p.length, b = bh / p.heads, t = index % p.length;
-  if (p.key_padding && p.key_padding[b * p.length + t]) return false;
   float sq = 0.f;
-  for (int64_t d = lane; d < p.dim; d += 32) {
-    const float value = static_cast<float>(row[d]);
+  for (int64_t d = lane; d < dim; d += 32) {
+    const float value = static_cast<float>(x[index * dim + d]);
     sq += value * value;
   }
   sq = warp_sum(sq);
-  scale = mips::transform_coefficients<float>(p.scheme, p.role, sq, p.key_max[bh], p.query_max[bh], p.U, p.m, extra);
+  if (lane == 0) out[index] = sq;
+}
+
+// The scale and extras of one row (every lane gets the same values); false for a padded row.
+__device__ __forceinline__ bool row_coefficients(const TransformParams& p, int64_t index, float& scale, float* extra) {
+  const int64_t bh = index / p.length, b = bh / p.heads, t = index % p.length;
+  if (p.key_padding && p.key_padding[b * p.length + t]) return false;
+  scale = mips::transform_coefficients<float>(p.scheme, p.role, p.sq_norms[index], p.key_max_sq[bh],
+                                              p.query_max_sq[bh], p.U, p.m, extra);
   return true;
 }
 
@@ -69,7 +80,7 @@ __global__ void __launch_bounds__(kWarps * 32)
   const scalar_t* row = x + index * p.dim;
   scalar_t* dst = out + index * width;
   float scale = 0.f, extra[mips::kMaxExtra] = {};
-  const bool present = row_coefficients(p, row, index, scale, extra);  // padded rows are all zeros
+  const bool present = row_coefficients(p, index, scale, extra);  // padded rows are all zeros
   for (int64_t d = lane; d < p.dim; d += 32) {
     dst[d] = static_cast<scalar_t>(present ? scale * static_cast<float>(row[d]) : 0.f);
   }
@@ -92,7 +103,7 @@ __global__ void __launch_bounds__(kWarps * 32)
   for (int64_t d = lane; d < p.dim; d += 32) cached[d] = static_cast<float>(row[d]);
   __syncwarp();
   float scale = 0.f, extra[mips::kMaxExtra] = {};
-  const bool present = row_coefficients(p, row, index, scale, extra);
+  const bool present = row_coefficients(p, index, scale, extra);
   const int64_t width = p.dim + p.extra;
   uint32_t ballots[lsh::kMaxBits / 32];
   for (int group = 0; group < (n_bits + 31) / 32; ++group) {
@@ -216,11 +227,7 @@ __global__ void __launch_bounds__(kWarps * 32) bucket_topk_kernel(BucketParams b
     const bool candidate = hamming_score(p, query_code, bh, b, j) == p.n_bits;
     const unsigned candidates = __ballot_sync(kFullMask, candidate);
     if (candidates == 0) continue;
-    float dot = 0.f;
-    if (candidate) {
-      const float* key = bp.k + (bh * p.keys + j) * bp.dim;
-      for (int64_t d = 0; d < bp.dim; ++d) dot = fmaf(q[d], key[d], dot);
-    }
+    const float dot = candidate ? lsh::bucket_dot(q, bp.k + (bh * p.keys + j) * bp.dim, bp.dim) : 0.f;
     // Merge: the new position of an entry is the number of entries of both lists before it.
     int chunk_rank = 0;                 // chunk entries before mine
     int buffer_rank = 0;                // buffer entries before mine

@@ -47,14 +47,16 @@ def sparse_attention(q, k, v, indices, *, scale=None):
     return (probs[..., None] * gather(v)).sum(-2)
 
 
-def _max_norm(x: torch.Tensor, key_padding_mask: torch.Tensor | None) -> torch.Tensor:
-    """Largest ||x_t|| per (batch, head) over non-padded t, shaped (B, H, 1, 1); 0 if none."""
-    norms = x.norm(dim=-1)
+def _max_square_norm(sq_norm: torch.Tensor, key_padding_mask: torch.Tensor | None) -> torch.Tensor:
+    """Largest ||x_t||^2 per (batch, head) over non-padded t, from the (B, H, T, 1) squared
+    norms themselves, shaped (B, H, 1, 1); 0 if none. Taking the maximum of the very values
+    the rows use makes the largest row's M^2 - ||x||^2 exactly 0, where a norm from another
+    reduction would leave sqrt(rounding)."""
     if key_padding_mask is not None:
-        norms = norms.masked_fill(key_padding_mask[:, None, :], 0)
-    if norms.shape[-1] == 0:
-        return norms.new_zeros(*norms.shape[:2], 1, 1)
-    return norms.amax(dim=-1)[..., None, None]
+        sq_norm = sq_norm.masked_fill(key_padding_mask[:, None, :, None], 0)
+    if sq_norm.shape[2] == 0:
+        return sq_norm.new_zeros(*sq_norm.shape[:2], 1, 1)
+    return sq_norm.amax(dim=2, keepdim=True)
 
 
 def _safe_divide(x: torch.Tensor, n: torch.Tensor) -> torch.Tensor:
@@ -64,11 +66,15 @@ def _safe_divide(x: torch.Tensor, n: torch.Tensor) -> torch.Tensor:
 
 def mips_transform(x, scheme, role, *, key_padding_mask=None, keys=None, m=2, U=0.75):
     """SPEC section 1, one scheme per branch. x (B, H, T, D) -> (B, H, T, D + e)."""
-    norm = x.norm(dim=-1, keepdim=True)
+    sq_norm = x.square().sum(-1, keepdim=True)
+    norm = sq_norm.sqrt()
     zero = torch.zeros_like(norm)
 
     def sqrt0(value):
         return value.clamp_min(0).sqrt()
+
+    def sqrt_one_minus(sq, max_sq):  # sqrt(1 - ||y||^2) for y = x / sqrt(max_sq); y = 0 when max_sq = 0
+        return sqrt0(1 - _safe_divide(sq, max_sq.expand_as(sq)))
 
     if role == "query":
         if scheme in ("sign_alsh", "simple_lsh"):
@@ -76,24 +82,25 @@ def mips_transform(x, scheme, role, *, key_padding_mask=None, keys=None, m=2, U=
         elif scheme == "xbox":
             out = torch.cat([x, zero], dim=-1)
         elif scheme == "xbox_qnf":
-            M = _max_norm(keys, key_padding_mask)
+            M = _max_square_norm(keys.square().sum(-1, keepdim=True), key_padding_mask).sqrt()
             out = torch.cat([x * _safe_divide(M.expand_as(norm), norm), zero], dim=-1)
         elif scheme == "simple_alsh":
-            y = _safe_divide(x, _max_norm(x, key_padding_mask).expand_as(x))
-            out = torch.cat([y, zero, sqrt0(1 - y.square().sum(-1, keepdim=True))], dim=-1)
+            max_sq = _max_square_norm(sq_norm, key_padding_mask)
+            y = _safe_divide(x, max_sq.sqrt().expand_as(x))
+            out = torch.cat([y, zero, sqrt_one_minus(sq_norm, max_sq)], dim=-1)
         else:
             raise ValueError(f"unknown scheme {scheme!r}")
     else:
-        M = _max_norm(x, key_padding_mask)
+        max_sq = _max_square_norm(sq_norm, key_padding_mask)
         if scheme == "sign_alsh":
-            y = _safe_divide(U * x, M.expand_as(x))
-            sq = y.square().sum(-1, keepdim=True)
+            y = _safe_divide(U * x, max_sq.sqrt().expand_as(x))
+            sq = U**2 * _safe_divide(sq_norm, max_sq.expand_as(sq_norm))
             out = torch.cat([y] + [0.5 - sq ** (2**r) for r in range(m)], dim=-1)
         elif scheme in ("xbox", "xbox_qnf"):
-            out = torch.cat([x, sqrt0(M.square() - norm.square())], dim=-1)
+            out = torch.cat([x, sqrt0(max_sq - sq_norm)], dim=-1)
         elif scheme in ("simple_lsh", "simple_alsh"):
-            y = _safe_divide(x, M.expand_as(x))
-            tail = [sqrt0(1 - y.square().sum(-1, keepdim=True))] + ([zero] if scheme == "simple_alsh" else [])
+            y = _safe_divide(x, max_sq.sqrt().expand_as(x))
+            tail = [sqrt_one_minus(sq_norm, max_sq)] + ([zero] if scheme == "simple_alsh" else [])
             out = torch.cat([y] + tail, dim=-1)
         else:
             raise ValueError(f"unknown scheme {scheme!r}")
@@ -135,7 +142,8 @@ def topk_keys(q_codes, k_codes, L, *, key_padding_mask=None, mode="hamming", q=N
     """SPEC section 3 from a dense (B, H, Tq, Tk) score matrix.
 
     hamming: one torch.topk over a composite integer key that puts the tie-break inside
-    the score; bucket: two stable sorts (the float scores leave no room for a composite).
+    the score; bucket: stable sorts (the float scores leave no room for a composite). A NaN
+    dot product ranks after every number.
     """
     words = q_codes.shape[-1]
     n_bits = 64 * words if n_bits is None else n_bits
@@ -158,6 +166,9 @@ def topk_keys(q_codes, k_codes, L, *, key_padding_mask=None, mode="hamming", q=N
         by_tie = torch.argsort(tie_rank, dim=-1, stable=True).expand_as(score)
         by_score = torch.argsort(score.gather(-1, by_tie), dim=-1, descending=True, stable=True)
         order = by_tie.gather(-1, by_score)
+        # The sorts put NaN first; it ranks after every number, and non-candidates after it.
+        group = torch.where(valid, score.isnan().long(), 2)
+        order = order.gather(-1, torch.argsort(group.gather(-1, order), dim=-1, stable=True))
         chosen = torch.where(valid.gather(-1, order), order, -1)[..., :L]
     return torch.nn.functional.pad(chosen, (0, L - chosen.shape[-1]), value=-1).int()
 

@@ -49,11 +49,42 @@ FASTATTN_HOST_DEVICE int64_t distance_order_length(int64_t i, int64_t keys) {
   return reach < 0 ? 0 : 2 * reach + 1;
 }
 
+// One step of bucket mode's q . k, the same on both devices: the product rounded, then
+// the sum, in order of d. CUDA would otherwise fuse them (fmaf) and the CPU not, and the
+// two would rank near-ties differently; lsh.cpp is compiled with -ffp-contract=off so
+// that no compiler fuses the host expression either.
+FASTATTN_HOST_DEVICE float add_product(float sum, float a, float b) {
+#if defined(__CUDA_ARCH__)
+  return __fadd_rn(sum, __fmul_rn(a, b));
+#else
+  return sum + a * b;
+#endif
+}
+
+FASTATTN_HOST_DEVICE double add_product(double sum, double a, double b) {
+#if defined(__CUDA_ARCH__)
+  return __dadd_rn(sum, __dmul_rn(a, b));
+#else
+  return sum + a * b;
+#endif
+}
+
+// q . k over dim coordinates, by add_product.
+template <class acc_t>
+FASTATTN_HOST_DEVICE acc_t bucket_dot(const acc_t* q, const acc_t* k, int64_t dim) {
+  acc_t dot = 0;
+  for (int64_t d = 0; d < dim; ++d) dot = add_product(dot, q[d], k[d]);
+  return dot;
+}
+
 // True when key a ranks before key b for query i: higher score, then smaller |i - j|,
-// then smaller j.
+// then smaller j. A NaN score ranks after every number and ties with another NaN, so the
+// order stays strict and total (the CPU sort and the CUDA merge rely on that).
 template <class score_t>
 FASTATTN_HOST_DEVICE bool ranks_before(score_t score_a, int64_t a, score_t score_b, int64_t b, int64_t i) {
-  if (score_a != score_b) return score_a > score_b;
+  const bool nan_a = score_a != score_a, nan_b = score_b != score_b;  // always false for integer scores
+  if (nan_a != nan_b) return nan_b;
+  if (!nan_a && score_a != score_b) return score_a > score_b;
   const int64_t dist_a = a > i ? a - i : i - a, dist_b = b > i ? b - i : i - b;
   if (dist_a != dist_b) return dist_a < dist_b;
   return a < b;

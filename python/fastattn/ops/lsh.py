@@ -16,6 +16,10 @@ __all__ = ["SCHEMES", "mips_transform", "alsh_hash", "topk_keys", "extra_dims"]
 SCHEMES = ("sign_alsh", "xbox", "xbox_qnf", "simple_lsh", "simple_alsh")
 MAX_BITS = 256
 _MAX_M = 8
+# Limits of the CUDA kernels: alsh_hash keeps a row of x in 48 KiB of shared memory per
+# four rows (D <= 3072); bucket mode merges candidates in a buffer of 256 per query.
+MAX_HASH_DIM_CUDA = 48 * 1024 // (4 * 4)
+MAX_BUCKET_L_CUDA = 256
 
 
 def extra_dims(scheme: str, m: int = 2) -> int:
@@ -58,7 +62,11 @@ def alsh_hash(x, scheme, role, projections, *, key_padding_mask=None, keys=None,
         the rest: as ``mips_transform``.
 
     Returns:
-        int64 (B, H, T, ceil(n_bits / 64)); padded positions get code 0.
+        int64 (B, H, T, ceil(n_bits / 64)); padded positions get code 0. A bit whose
+        projection lies within rounding of 0 is not determined by the math: the CPU (a
+        matrix product of the transformed rows) and CUDA (the projection of x, scaled after)
+        may set it differently. The tests allow that within 1e-4 times the largest
+        |projection| of the row set in float32.
     """
     _check_transform(x, scheme, role, key_padding_mask, keys, m, U)
     width = x.shape[-1] + extra_dims(scheme, m)
@@ -69,6 +77,8 @@ def alsh_hash(x, scheme, role, projections, *, key_padding_mask=None, keys=None,
     _checks.same_device("projections", projections, "x", x)
     if not projections.is_floating_point():
         raise TypeError(f"projections must be a float tensor, got {projections.dtype}")
+    if x.device.type == "cuda" and x.shape[-1] > MAX_HASH_DIM_CUDA:
+        raise ValueError(f"x may have at most D = {MAX_HASH_DIM_CUDA} on CUDA (alsh_hash), got {x.shape[-1]}")
     return torch.ops.fastattn.alsh_hash(
         x.detach(), scheme, role, projections.detach(), key_padding_mask, _detach(keys), m, float(U)
     )
@@ -90,7 +100,9 @@ def topk_keys(q_codes, k_codes, L, *, key_padding_mask=None, mode="hamming", q=N
 
     Returns:
         int32 (B, H, Tq, L). Ties go to the smaller |i - j|, then the smaller j, so the
-        result is unique.
+        result is unique. In bucket mode q . k is summed in order of the head dimension with
+        every product rounded (no fused multiply-add), on the CPU and CUDA alike, so both
+        rank near-ties the same; a NaN q . k ranks after every number.
     """
     _check_topk(q_codes, k_codes, L, key_padding_mask, mode, q, k, n_bits)
     return torch.ops.fastattn.topk_keys(
@@ -121,6 +133,7 @@ def _check_transform(x, scheme, role, key_padding_mask, keys, m, U):
         if keys.shape != x.shape:
             raise ValueError(f"keys must be shaped like x {tuple(x.shape)}, got {tuple(keys.shape)}")
         _checks.same_device("keys", keys, "x", x)
+        _checks.same_dtype("keys", keys, "x", x)
 
 
 def _check_topk(q_codes, k_codes, L, key_padding_mask, mode, q, k, n_bits):
@@ -153,7 +166,11 @@ def _check_topk(q_codes, k_codes, L, key_padding_mask, mode, q, k, n_bits):
                 f"k {tuple(k.shape)} for codes {tuple(q_codes.shape)}, {tuple(k_codes.shape)}"
             )
         _checks.float_dtype("q", q)
+        _checks.same_dtype("k", k, "q", q)
         _checks.same_device("q", q, "q_codes", q_codes)
+        _checks.same_device("k", k, "q_codes", q_codes)
+        if q_codes.device.type == "cuda" and L > MAX_BUCKET_L_CUDA:
+            raise ValueError(f"L may be at most {MAX_BUCKET_L_CUDA} on CUDA in bucket mode, got {L}")
 
 
 @torch.library.register_fake("fastattn::mips_transform")
