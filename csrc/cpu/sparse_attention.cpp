@@ -173,6 +173,7 @@ std::tuple<at::Tensor, at::Tensor> sparse_attention_forward_cpu(const at::Tensor
                                                                 const at::Tensor& v_in, const at::Tensor& indices_in,
                                                                 double scale) {
   sparse_host::check_inputs(q_in, k_in, v_in, indices_in);
+  sparse_host::check_index_values(indices_in, k_in.size(2));
   check_cpu_dtype(q_in);
   const at::Tensor q = q_in.contiguous(), k = k_in.contiguous(), v = v_in.contiguous(), indices = as_long(indices_in);
   at::Tensor out = new_output(q.sizes(), q.options());
@@ -212,6 +213,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> sparse_attention_backward_cpu(
     const at::Tensor& grad_out_in, const at::Tensor& q_in, const at::Tensor& k_in, const at::Tensor& v_in,
     const at::Tensor& indices_in, double scale, const at::Tensor& out_in, const at::Tensor& lse_in) {
   sparse_host::check_inputs(q_in, k_in, v_in, indices_in);
+  sparse_host::check_index_values(indices_in, k_in.size(2));
+  sparse_host::check_backward_inputs(grad_out_in, q_in, out_in, lse_in);
   check_cpu_dtype(q_in);
   const at::Tensor q = q_in.contiguous(), k = k_in.contiguous(), v = v_in.contiguous(), indices = as_long(indices_in);
   const at::Tensor grad_out = grad_out_in.contiguous(), out = out_in.contiguous(), lse = lse_in.contiguous();

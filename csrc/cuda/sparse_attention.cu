@@ -8,7 +8,10 @@
 #include <torch/library.h>
 
 #include <cstdlib>
+#include <mutex>
+#include <set>
 #include <string_view>
+#include <utility>
 
 #include "dispatch.cuh"
 #include "fastattn/outputs.h"
@@ -23,26 +26,38 @@ using namespace sparse_kernels;
 // Shared memory each block may give to its two windows. 64 KiB leaves room for two blocks
 // (16 warps) per SM on Ampere and Hopper; a window is then 256 rows of bf16 at D = 64.
 constexpr int64_t kWindowBytes = 64 * 1024;
-// A window pays for its copy only if enough slots read from it.
-constexpr double kMinWindowShare = 0.25;
+// What a kernel may use in all (static plus dynamic) without opting in.
+constexpr int64_t kDefaultSharedBytes = 48 * 1024;
 
-// Rows per window for these key lists, or 0 for none. Structured masks (one list for every
-// batch item and head) whose slots mostly fall near their own query get the largest window
-// that fits; per-item lists (LSH, random) gather directly. FASTATTN_SPARSE_WINDOW=0 in the
+// Rows per window for these key lists, or 0 for none, from their shape alone (the block
+// decides on the device whether its window pays: sparse_attention_kernels.cuh). Structured
+// masks (one list for every batch item and head) get the largest window that fits;
+// per-item lists (LSH, random) gather directly. FASTATTN_SPARSE_WINDOW=0 in the
 // environment turns windows off, so a benchmark can measure what they gain.
 int64_t window_rows(const at::Tensor& indices, int64_t dim, int64_t element_size) {
   const char* switch_value = std::getenv("FASTATTN_SPARSE_WINDOW");
   if (switch_value != nullptr && std::string_view(switch_value) == "0") return 0;
   if (indices.size(0) != 1 || indices.size(1) != 1 || indices.numel() == 0 || dim == 0) return 0;
   const int64_t rows = kWindowBytes / (2 * dim * element_size);
-  const int64_t radius = (rows - kWarps) / 2;
-  if (radius <= 0) return 0;
-  const at::Tensor slots = indices[0][0];
-  const at::Tensor valid = slots >= 0;
-  const at::Tensor query = at::arange(slots.size(0), slots.options()).unsqueeze(1);
-  const at::Tensor near = valid & ((slots - query).abs() <= radius);
-  const int64_t valid_slots = valid.sum().item<int64_t>();
-  return valid_slots > 0 && near.sum().item<int64_t>() >= kMinWindowShare * valid_slots ? rows : 0;
+  return rows > kWarps ? rows : 0;
+}
+
+// Lets `kernel` take up to kWindowBytes of dynamic shared memory on the current device,
+// once per device and kernel: the opt-in is needed as soon as its static shared memory plus
+// the dynamic part exceeds the default, and it costs a driver call.
+template <class Kernel>
+void allow_window_memory(Kernel kernel) {
+  static std::mutex mutex;
+  static std::set<std::pair<int, const void*>> allowed;
+  const int device = c10::cuda::current_device();
+  const std::lock_guard<std::mutex> lock(mutex);
+  if (!allowed.emplace(device, reinterpret_cast<const void*>(kernel)).second) return;
+  cudaFuncAttributes attributes;
+  C10_CUDA_CHECK(cudaFuncGetAttributes(&attributes, kernel));
+  if (static_cast<int64_t>(attributes.sharedSizeBytes) + kWindowBytes > kDefaultSharedBytes) {
+    C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                        static_cast<int>(kWindowBytes)));
+  }
 }
 
 // One block per kWarps rows of one (batch, head); the dynamic shared memory holds the windows.
@@ -55,11 +70,15 @@ template <class Kernel>
 Launch launch_for(Kernel kernel, const Params& p, int64_t rows, int64_t element_size) {
   const Launch launch{dim3(static_cast<unsigned>(p.batch * p.heads * ((rows + kWarps - 1) / kWarps))),
                       static_cast<size_t>(2 * p.window * p.dim * element_size)};
-  if (launch.shared_bytes > 48 * 1024) {  // above the default limit a kernel must opt in
-    C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                        static_cast<int>(launch.shared_bytes)));
-  }
+  if (launch.shared_bytes > 0) allow_window_memory(kernel);
   return launch;
+}
+
+// True while the current stream records a CUDA graph: nothing may wait for the device then.
+bool capturing() {
+  cudaStreamCaptureStatus status = cudaStreamCaptureStatusNone;
+  C10_CUDA_CHECK(cudaStreamIsCapturing(c10::cuda::getCurrentCUDAStream(), &status));
+  return status != cudaStreamCaptureStatusNone;
 }
 
 // Checked, contiguous inputs and the kernels' parameters.
@@ -75,6 +94,9 @@ struct Inputs {
                       " slots (L) on CUDA, got ", indices_in.size(3));
     TORCH_CHECK_VALUE(q_in.size(3) <= kMaxDim, "sparse_attention on CUDA takes D up to ", kMaxDim, ", got ",
                       q_in.size(3));
+    // Under graph capture the indices cannot be read; the kernels then treat a slot
+    // outside [0, Tk) as empty (sparse_attention_kernels.cuh).
+    if (!capturing()) sparse_host::check_index_values(indices_in, k_in.size(2));
     q = q_in.contiguous();
     k = k_in.contiguous();
     v = v_in.contiguous();
@@ -109,6 +131,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> sparse_attention_backward_cuda(
     const at::Tensor& indices_in, double scale, const at::Tensor& out_in, const at::Tensor& lse_in) {
   const c10::cuda::CUDAGuard guard(q_in.device());
   const Inputs in(q_in, k_in, v_in, indices_in, scale);
+  sparse_host::check_backward_inputs(grad_out_in, q_in, out_in, lse_in);
   const at::Tensor grad_out = grad_out_in.contiguous(), out = out_in.contiguous(), lse = lse_in.contiguous();
   at::Tensor grad_q = new_output(in.q.sizes(), in.q.options());
   at::Tensor grad_k = new_output(in.k.sizes(), in.k.options());

@@ -8,11 +8,16 @@
 // shared memory between the two softmax passes of softmax_math.h.
 //
 // Structured masks list mostly neighbouring keys, which the rows of a block share. When
-// the host asks for it (Params::window), a block first copies the rows around its own,
-// [window_first, window_first + window), of the matrices it gathers from into shared
-// memory with coalesced loads; a slot inside that window then reads shared memory, one
-// outside it reads global memory as before. Random key lists gain nothing from a window,
-// so the host leaves it off for them.
+// the launch reserves room for it (Params::window), a block first counts how many of its
+// rows' reads fall within the rows around its own, [first, first + window), of the matrices
+// it gathers from; if enough do, it copies that window into shared memory with coalesced
+// loads, and a slot inside it then reads shared memory, one outside it global memory as
+// before. Random key lists gain nothing from a window, so their blocks skip the copy. The
+// decision is the block's own, on the device: no host synchronisation, so the op can be
+// captured in a CUDA graph.
+//
+// Slots outside [0, Tk) count as empty. The host rejects them before launching, except
+// under graph capture, where it cannot read the indices; this rule keeps them harmless.
 
 #include <cuda_runtime.h>
 
@@ -25,6 +30,9 @@ constexpr int kMaxSlots = 512;
 constexpr int kMaxDim = 256;
 constexpr int kColumnsPerLane = kMaxDim / 32;
 constexpr unsigned kFullMask = 0xffffffffu;
+// A block stages its window when at least 1 / kWindowShareDenominator of its reads fall in
+// it: below that the copy costs more than the reads it saves.
+constexpr int kWindowShareDenominator = 4;
 
 struct Params {
   int64_t batch, heads, queries, keys, dim, slots;  // B, H, Tq, Tk, D, L
@@ -39,6 +47,7 @@ struct Params {
   __device__ const int64_t* slot_list(int64_t bh, int64_t query) const {
     return indices + (index_set(bh) * queries + query) * slots;
   }
+  __device__ bool listed(int64_t j) const { return j >= 0 && j < keys; }
 };
 
 // Which (batch, head) and which of its rows a block owns, for matrices of `rows` rows.
@@ -66,18 +75,43 @@ struct RowSource {
   }
 };
 
-// Stages the window of `rows`-row matrix `matrix` that is centred on the block's own rows
-// (block_first .. block_first + kWarps) into `shared`; every thread of the block must call
-// it, and __syncthreads() must follow before any row() is read.
+// The rows [first, first + count) of a `rows`-row matrix that a window of `window` rows
+// centred on the block's own rows (block_first .. block_first + kWarps) covers.
+struct Span {
+  int64_t first, count;
+
+  __device__ Span(int64_t rows, int64_t block_first, int64_t window) {
+    count = window < rows ? window : rows;
+    first = block_first + kWarps / 2 - count / 2;
+    first = first < 0 ? 0 : (first > rows - count ? rows - count : first);
+  }
+  __device__ bool holds(int64_t row) const { return row >= first && row < first + count; }
+};
+
+// Whether the block stages its window, from each thread's count of its share of the
+// block's reads (all, and those within the window): one answer for the whole block. Every
+// thread of the block must call it, once per kernel. Integer sums: the answer does not
+// depend on the order of the atomics.
+__device__ bool block_stages_window(int reads, int reads_in_window) {
+  __shared__ int totals[2];
+  if (threadIdx.x == 0) totals[0] = totals[1] = 0;
+  __syncthreads();
+  if (reads > 0) atomicAdd(&totals[0], reads);
+  if (reads_in_window > 0) atomicAdd(&totals[1], reads_in_window);
+  __syncthreads();
+  return totals[0] > 0 && kWindowShareDenominator * totals[1] >= totals[0];
+}
+
+// Copies `span` of `matrix` into `shared` when `stage` (else the source reads global
+// memory only); every thread of the block must call it, and __syncthreads() must follow
+// before any row() is read.
 template <class scalar_t>
-__device__ RowSource<scalar_t> stage_window(const scalar_t* matrix, int64_t rows, int64_t block_first,
-                                            int64_t window, int64_t dim, scalar_t* shared) {
-  const int64_t count = window < rows ? window : rows;
-  int64_t first = block_first + kWarps / 2 - count / 2;
-  first = first < 0 ? 0 : (first > rows - count ? rows - count : first);
-  const scalar_t* source = matrix + first * dim;
+__device__ RowSource<scalar_t> stage_window(const scalar_t* matrix, const Span& span, bool stage, int64_t dim,
+                                            scalar_t* shared) {
+  const int64_t count = stage ? span.count : 0;
+  const scalar_t* source = matrix + span.first * dim;
   for (int64_t e = threadIdx.x; e < count * dim; e += blockDim.x) shared[e] = source[e];
-  return {matrix, shared, first, count, dim};
+  return {matrix, shared, span.first, count, dim};
 }
 
 __device__ __forceinline__ float warp_sum(float value) {
@@ -126,7 +160,7 @@ __device__ float row_scores(const Params& p, const int64_t* slots, const float* 
   float row_max = -math::infinity<float>();
   for (int64_t l = 0; l < p.slots; ++l) {
     const int64_t j = slots[l];
-    if (j < 0) continue;  // uniform across the warp: every lane reads the same slot
+    if (!p.listed(j)) continue;  // uniform across the warp: every lane reads the same slot
     const float score = p.scale * warp_dot(query, keys.row(j), p.dim);
     if (threadIdx.x % 32 == 0) scores[l] = score;
     row_max = math::max_(row_max, score);
@@ -134,7 +168,7 @@ __device__ float row_scores(const Params& p, const int64_t* slots, const float* 
   __syncwarp();
   float sum = 0.f;
   for (int64_t l = threadIdx.x % 32; l < p.slots; l += 32) {
-    if (slots[l] >= 0) sum += math::shifted_exp(scores[l], row_max);
+    if (p.listed(slots[l])) sum += math::shifted_exp(scores[l], row_max);
   }
   return math::softmax_lse(row_max, warp_sum(sum));
 }
@@ -152,21 +186,39 @@ __device__ scalar_t* window_memory(int which, const Params& p) {
 }
 
 // The block's windows over two (rows, D) matrices of its (batch, head), a and b, in the
-// two halves of the dynamic shared memory, staged and synchronised.
+// two halves of the dynamic shared memory, staged (when `stage`) and synchronised.
 template <class scalar_t>
 struct Windows {
   RowSource<scalar_t> a, b;
 };
 
 template <class scalar_t>
-__device__ Windows<scalar_t> stage_windows(const Params& p, const BlockRows& block, const scalar_t* a,
-                                           const scalar_t* b, int64_t rows) {
+__device__ Windows<scalar_t> stage_windows(const Params& p, const BlockRows& block, const Span& span, bool stage,
+                                           const scalar_t* a, const scalar_t* b, int64_t rows) {
   const int64_t base = block.bh * rows * p.dim;
-  const Windows<scalar_t> windows{
-      stage_window(a + base, rows, block.first, p.window, p.dim, window_memory<scalar_t>(0, p)),
-      stage_window(b + base, rows, block.first, p.window, p.dim, window_memory<scalar_t>(1, p))};
+  const Windows<scalar_t> windows{stage_window(a + base, span, stage, p.dim, window_memory<scalar_t>(0, p)),
+                                  stage_window(b + base, span, stage, p.dim, window_memory<scalar_t>(1, p))};
   __syncthreads();
   return windows;
+}
+
+// The windows of a block of query rows over the key-side matrices a and b (k and v): staged
+// when enough of the block's slots name keys inside them.
+template <class scalar_t>
+__device__ Windows<scalar_t> query_block_windows(const Params& p, const BlockRows& block, const scalar_t* a,
+                                                 const scalar_t* b) {
+  const Span span(p.keys, block.first, p.window);
+  int reads = 0, reads_in_window = 0;
+  if (p.window > 0) {
+    for (int64_t e = threadIdx.x; e < kWarps * p.slots; e += blockDim.x) {
+      const int64_t i = block.first + e / p.slots;
+      const int64_t j = i < p.queries ? p.slot_list(block.bh, i)[e % p.slots] : -1;
+      reads += p.listed(j);
+      reads_in_window += p.listed(j) && span.holds(j);
+    }
+  }
+  const bool stage = p.window > 0 && block_stages_window(reads, reads_in_window);
+  return stage_windows(p, block, span, stage, a, b, p.keys);
 }
 
 template <class scalar_t>
@@ -174,7 +226,7 @@ __global__ void __launch_bounds__(kWarps * 32)
     forward_kernel(Params p, const scalar_t* q, const scalar_t* k, const scalar_t* v, scalar_t* out, float* lse) {
   __shared__ SharedRows shared[kWarps];
   const BlockRows block(p.queries);
-  const auto [keys, values] = stage_windows(p, block, k, v, p.keys);
+  const auto [keys, values] = query_block_windows(p, block, k, v);
   const int warp = threadIdx.x / 32;
   const int64_t i = block.first + warp;
   if (i >= p.queries) return;
@@ -185,7 +237,9 @@ __global__ void __launch_bounds__(kWarps * 32)
   const float row_lse = row_scores(p, slots, mine.query, keys, mine.scores);
   float acc[kColumnsPerLane] = {};
   for (int64_t l = 0; l < p.slots; ++l) {
-    if (slots[l] >= 0) add_scaled_row(acc, math::softmax_prob(mine.scores[l], row_lse), values.row(slots[l]), p.dim);
+    if (p.listed(slots[l])) {
+      add_scaled_row(acc, math::softmax_prob(mine.scores[l], row_lse), values.row(slots[l]), p.dim);
+    }
   }
   store_row(out + row * p.dim, acc, p.dim);
   if (threadIdx.x % 32 == 0) lse[row] = row_lse;
@@ -199,7 +253,7 @@ __global__ void __launch_bounds__(kWarps * 32)
   __shared__ SharedRows shared[kWarps];
   __shared__ float shared_grad_out[kWarps][kMaxDim];
   const BlockRows block(p.queries);
-  const auto [keys, values] = stage_windows(p, block, k, v, p.keys);
+  const auto [keys, values] = query_block_windows(p, block, k, v);
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int64_t i = block.first + warp;
   if (i >= p.queries) return;
@@ -214,7 +268,7 @@ __global__ void __launch_bounds__(kWarps * 32)
   for (int64_t l = 0; l < p.slots; ++l) {
     const int64_t j = slots[l];
     float prob = 0.f, grad_score = 0.f;
-    if (j >= 0) {
+    if (p.listed(j)) {
       const scalar_t* key = keys.row(j);
       prob = math::softmax_prob(p.scale * warp_dot(mine.query, key, p.dim), row_lse);
       const float grad_prob = warp_dot(shared_grad_out[warp], values.row(j), p.dim);
@@ -238,11 +292,24 @@ __global__ void __launch_bounds__(kWarps * 32)
                     const float* grad_scores, const int64_t* perm, const int64_t* offsets, scalar_t* grad_k,
                     scalar_t* grad_v) {
   const BlockRows block(p.keys);
-  const auto [queries, grads_out] = stage_windows(p, block, q, grad_out, p.queries);
   const int64_t j = block.first + threadIdx.x / 32;
-  if (j >= p.keys) return;
-  const int64_t key_row = block.bh * p.keys + j, set = p.index_set(block.bh);
+  const int64_t set = p.index_set(block.bh);
   const int64_t* list = perm + set * p.queries * p.slots;
+  // The window holds query rows near the block's keys; it is staged when enough of the
+  // queries that name these keys lie inside it.
+  const Span span(p.queries, block.first, p.window);
+  int reads = 0, reads_in_window = 0;
+  if (p.window > 0 && j < p.keys) {
+    for (int64_t e = offsets[set * (p.keys + 1) + j] + threadIdx.x % 32; e < offsets[set * (p.keys + 1) + j + 1];
+         e += 32) {
+      ++reads;
+      reads_in_window += span.holds(list[e] / p.slots);
+    }
+  }
+  const bool stage = p.window > 0 && block_stages_window(reads, reads_in_window);
+  const auto [queries, grads_out] = stage_windows(p, block, span, stage, q, grad_out, p.queries);
+  if (j >= p.keys) return;
+  const int64_t key_row = block.bh * p.keys + j;
   float dk[kColumnsPerLane] = {}, dv[kColumnsPerLane] = {};
   for (int64_t e = offsets[set * (p.keys + 1) + j]; e < offsets[set * (p.keys + 1) + j + 1]; ++e) {
     const int64_t slot = block.bh * p.queries * p.slots + list[e];  // list[e] = i L + l

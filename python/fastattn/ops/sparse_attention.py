@@ -10,7 +10,9 @@ from fastattn.ops import _checks
 
 __all__ = ["sparse_attention"]
 
+# Limits of the CUDA kernels (a row's scores and a row of q wait in shared memory).
 MAX_SLOTS_CUDA = 512
+MAX_DIM_CUDA = 256
 
 
 def sparse_attention(q, k, v, indices, *, scale=None):
@@ -28,7 +30,10 @@ def sparse_attention(q, k, v, indices, *, scale=None):
 
     Returns:
         (B, H, Tq, D), contiguous; a row with no valid slot gives zeros and zero gradients.
-        Memory is O(B H T L), never O(T^2); the backward is deterministic.
+        Memory is O(B H T L), never O(T^2); the backward is deterministic. On CUDA the op
+        never waits for the device, so it can be captured in a CUDA graph; index values
+        are checked before launching, except under capture, where a slot outside
+        [0, Tk) counts as empty.
     """
     scale = _check_arguments(q, k, v, indices, scale)
     out, _ = torch.ops.fastattn.sparse_attention_forward(q, k, v, indices, scale)
@@ -60,6 +65,8 @@ def _check_arguments(q, k, v, indices, scale) -> float:
     _checks.size("indices", indices, 2, q.shape[2], "Tq, the queries")
     if q.device.type == "cuda" and indices.shape[3] > MAX_SLOTS_CUDA:
         raise ValueError(f"indices may have at most {MAX_SLOTS_CUDA} slots (L) on CUDA, got {indices.shape[3]}")
+    if q.device.type == "cuda" and q.shape[3] > MAX_DIM_CUDA:
+        raise ValueError(f"q may have at most D = {MAX_DIM_CUDA} on CUDA (sparse_attention), got {q.shape[3]}")
     if scale is None:
         return 1.0 / math.sqrt(q.shape[3]) if q.shape[3] else 1.0
     if not isinstance(scale, (int, float)) or not math.isfinite(scale):
