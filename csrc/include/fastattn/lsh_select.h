@@ -4,6 +4,8 @@
 
 #include <stdint.h>
 
+#include <type_traits>
+
 #include "fastattn/host_device.h"
 
 namespace fastattn::lsh {
@@ -53,17 +55,11 @@ FASTATTN_HOST_DEVICE int64_t distance_order_length(int64_t i, int64_t keys) {
 // the sum, in order of d. CUDA would otherwise fuse them (fmaf) and the CPU not, and the
 // two would rank near-ties differently; lsh.cpp is compiled with -ffp-contract=off so
 // that no compiler fuses the host expression either.
-FASTATTN_HOST_DEVICE float add_product(float sum, float a, float b) {
+template <class acc_t>
+FASTATTN_HOST_DEVICE acc_t add_product(acc_t sum, acc_t a, acc_t b) {
 #if defined(__CUDA_ARCH__)
+  static_assert(std::is_same_v<acc_t, float>, "CUDA ranks bucket candidates in float");
   return __fadd_rn(sum, __fmul_rn(a, b));
-#else
-  return sum + a * b;
-#endif
-}
-
-FASTATTN_HOST_DEVICE double add_product(double sum, double a, double b) {
-#if defined(__CUDA_ARCH__)
-  return __dadd_rn(sum, __dmul_rn(a, b));
 #else
   return sum + a * b;
 #endif
