@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from hypothesis import strategies as st
 
 import fastattn
 
@@ -65,3 +66,26 @@ def assert_close_to_reference(name: str, got: torch.Tensor, want64: torch.Tensor
     magnitude = max(1.0, want64.abs().max().item()) if got.numel() else 1.0
     slack = magnitude * {torch.float64: 1e-12, torch.float32: 1e-5}.get(got.dtype, 1e-3)
     assert error <= 2 * baseline + slack, f"{name}: max error {error:.3e}, PyTorch at {got.dtype} {baseline:.3e}"
+
+
+
+def key_padding_masks(batch: int, length: int) -> st.SearchStrategy[torch.Tensor | None]:
+    """key_padding_mask arguments: None, or a (B, T) mask whose items draw their patterns
+    independently: any subset, one run anywhere, no padding (all items: an all-false mask)
+    or every key. Unlike `padding_mask`, item 0 (and so B = 1) gets padded too.
+
+    Choices are named (sampled_from) and subsets come from a seed, because hypothesis
+    favours its simplest values (None, all-false lists, empty runs): drawn as plain
+    booleans, masks that pad some keys of an item but not all were rare in a few dozen
+    examples. They still come in clumps, so pin a case that must run with @example."""
+    keys = range(length)
+    run = st.integers(0, max(length - 1, 0)).flatmap(  # never empty
+        lambda start: st.integers(start + 1, max(length, start + 1)).map(
+            lambda stop: [start <= t < stop for t in keys]))
+    subset = st.integers(0, 2**32 - 1).map(
+        lambda seed: (torch.rand(length, generator=torch.Generator().manual_seed(seed)) < 0.5).tolist())
+    patterns = {"subset": subset, "run": run, "keep": st.just([False] * length), "all": st.just([True] * length)}
+    item = st.sampled_from(list(patterns)).flatmap(patterns.get)
+    mask = st.lists(item, min_size=batch, max_size=batch).map(
+        lambda rows: torch.tensor(rows, dtype=torch.bool).reshape(batch, length))
+    return st.sampled_from(["mask", None]).flatmap(lambda kind: mask if kind else st.none())
