@@ -7,9 +7,12 @@ For each sequence length T: forward and forward+backward medians of
   flex       FlexAttention (compiled) with score_mod returning logits[h, i, j] (CUDA only)
   matmul     (CUDA only) the bare products the op needs: P V forward; P^T dO and
              sum_b dO V^T backward, with P precomputed: the floor for this algorithm
-and the speed-ups of fastattn over each, plus its achieved FLOP rate.
+and the speed-ups of fastattn over each, plus its achieved FLOP rate. With --padded every
+item keeps a random number of keys between T/2 and T (a padded batch), and every variant
+gets that padding (SDPA as a boolean attn_mask, FlexAttention in its score_mod).
 
     python bench/fixed_attention.py --device cuda --dtype bfloat16 --markdown docs/benchmarks.md
+    python bench/fixed_attention.py --padded --dim 16
 """
 
 from __future__ import annotations
@@ -24,22 +27,27 @@ from _timing import forward_and_backward, parse_arguments, report
 from fastattn import ops, reference
 
 
-def inputs(batch, heads, length, dim, device, dtype):
+def inputs(batch, heads, length, dim, device, dtype, padded):
     generator = torch.Generator().manual_seed(0)
     logits = torch.randn(heads, length, length, generator=generator).to(device, dtype)
     q, k, v = (torch.randn(batch, heads, length, dim, generator=generator).to(device, dtype) for _ in range(3))
-    return logits, q, k, v
+    mask = None
+    if padded:  # True = padding: each item keeps its first `kept` keys
+        kept = torch.randint(length // 2, length + 1, (batch, 1), generator=generator)
+        mask = (torch.arange(length) >= kept).to(device)
+    return logits, q, k, v, mask
 
 
-def forward_fns(logits, q, k, v, device) -> dict[str, Callable[..., torch.Tensor] | None]:
+def forward_fns(logits, q, k, v, mask, device) -> dict[str, Callable[..., torch.Tensor] | None]:
     """Each variant as fn(*leaves) -> output, with the leaves it differentiates."""
+    keep = None if mask is None else ~mask[:, None, None, :]
     fns = {
-        "fastattn": (lambda l, x: ops.fixed_attention(l, x), (logits, v)),
-        "reference": (lambda l, x: reference.fixed_attention(l, x), (logits, v)),
-        "sdpa": (lambda a, b, c: F.scaled_dot_product_attention(a, b, c), (q, k, v)),
+        "fastattn": (lambda l, x: ops.fixed_attention(l, x, key_padding_mask=mask), (logits, v)),
+        "reference": (lambda l, x: reference.fixed_attention(l, x, mask), (logits, v)),
+        "sdpa": (lambda a, b, c: F.scaled_dot_product_attention(a, b, c, attn_mask=keep), (q, k, v)),
     }
     if device == "cuda":
-        fns["flex"] = flex_attention_fn(logits, q, k, v)
+        fns["flex"] = flex_attention_fn(logits, q, k, v, mask)
         probs = torch.softmax(logits.float(), -1).to(v.dtype)
         fns["matmul"] = (lambda p, x: bare_products(p, x), (probs, v))
     return fns
@@ -50,7 +58,7 @@ def bare_products(probs, v):
     return probs @ v
 
 
-def flex_attention_fn(logits, q, k, v):
+def flex_attention_fn(logits, q, k, v, mask):
     try:
         from torch.nn.attention.flex_attention import flex_attention
     except ImportError as error:
@@ -59,7 +67,9 @@ def flex_attention_fn(logits, q, k, v):
     compiled = torch.compile(flex_attention)
 
     def fixed_weights(score, b, h, q_idx, kv_idx):
-        return logits_leaf[h, q_idx, kv_idx]
+        if mask is None:
+            return logits_leaf[h, q_idx, kv_idx]
+        return torch.where(mask[b, kv_idx], -float("inf"), logits_leaf[h, q_idx, kv_idx])
 
     logits_leaf = logits
 
@@ -72,9 +82,9 @@ def flex_attention_fn(logits, q, k, v):
 
 
 def row_for_length(length, args):
-    logits, q, k, v = inputs(args.batch, args.heads, length, args.dim, args.device, args.dtype)
+    logits, q, k, v, mask = inputs(args.batch, args.heads, length, args.dim, args.device, args.dtype, args.padded)
     times = {}
-    for name, variant in forward_fns(logits, q, k, v, args.device).items():
+    for name, variant in forward_fns(logits, q, k, v, mask, args.device).items():
         if variant is None:
             continue
         try:
@@ -104,9 +114,12 @@ def row_for_length(length, args):
 
 
 def main():
-    args = parse_arguments(__doc__, cuda_lengths="256,512,1024,2048,4096", cpu_lengths="256,512,1024,2048")
+    args = parse_arguments(__doc__, cuda_lengths="256,512,1024,2048,4096", cpu_lengths="256,512,1024,2048",
+                           extra=lambda parser: parser.add_argument(
+                               "--padded", action="store_true", help="pad each item to a random length in [T/2, T]"))
     rows = [row_for_length(length, args) for length in args.lengths]
-    settings = (f"{str(args.dtype).removeprefix('torch.')}, B={args.batch}, H={args.heads}, D={args.dim}; "
+    padding = ", padded to random lengths in [T/2, T]" if args.padded else ""
+    settings = (f"{str(args.dtype).removeprefix('torch.')}, B={args.batch}, H={args.heads}, D={args.dim}{padding}; "
                 "speed-ups are other time / fastattn time")
     report("fixed_attention", args, settings, rows)
 

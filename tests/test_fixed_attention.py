@@ -273,3 +273,19 @@ def test_cuda_backward_takes_a_non_contiguous_lse():
     got = op.fixed_attention_backward(grad_out, logits, v, mask, out, strided_lse)
     for got_grad, want_grad in zip(got, want):
         torch.testing.assert_close(got_grad, want_grad)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("gap", [30.0, 200.0, 800.0])
+def test_rows_whose_valid_keys_underflow_against_the_padded_ones(dtype, gap):
+    """The exponentials are shared by the batch, relative to each row's maximum over all
+    keys. When the padding hides the keys that hold that maximum, an item's valid keys can
+    lie `gap` below it: exp(-gap) is subnormal or 0 (float32 past about 87 and 103, float64
+    past 708), and those rows must be redone exactly instead."""
+    logits, v, _ = make_inputs(3, 2, 12, 8, "none", seed=20, dtype=dtype)
+    logits = logits.clone()
+    logits[:, :, :4] += gap  # keys 0..3 dominate every row
+    mask = torch.zeros(3, 12, dtype=torch.bool)
+    mask[1, :4] = True  # item 1 sees only the low keys
+    mask[2, :2] = True  # item 2 keeps two dominant keys: the shared path serves it
+    check_against_reference(logits, v, mask)

@@ -4,13 +4,22 @@
 // Without a key padding mask the probabilities P (T, T) of a head are built once and
 // shared by the whole batch: the forward is one product P @ V[:, h], and the gradient
 // of the logits, summed over the batch, is P * (dO V^T - delta) with the batch folded
-// into the inner dimension of a single product. With a mask, each batch item has its
-// own P, and the batch sum runs in a fixed order (deterministic).
+// into the inner dimension of a single product.
+//
+// With a mask the exponentials are still shared (SPEC section 5): E = exp(logits - m),
+// m the row maximum over all keys, and item b, with keep_b = 1 on its valid keys, gets
+//   out_b = (E @ (keep_b V_b)) / s_b,   s_b = E @ keep_b   (its softmax normaliser),
+// so the whole batch is one product E @ [keep_1 V_1 | keep_1 | ... | keep_B V_B | keep_B]
+// per head, as unpadded. The backward folds the batch the same way (see
+// masked_backward_group). A row whose valid keys carry almost no mass against m (s_b
+// below kSafeMass, or no valid key at all) would lose precision to underflow there: such
+// rows are redone exactly, one by one.
 
 #include <ATen/ATen.h>
 #include <torch/library.h>
 
 #include <algorithm>
+#include <cmath>
 #include <limits>
 
 #include "fastattn/fixed_attention.h"
@@ -25,22 +34,15 @@ namespace {
 // long ones stay within this much memory per temporary.
 constexpr int64_t kTaskScratchBytes = 32 << 20;
 
+// Heads per task. columns: the width of the (T, columns) temporaries a head needs besides
+// its (T, T) ones (the batch folded into columns on the masked path).
 struct HeadGroups {
-  int64_t size, count;
-  HeadGroups(int64_t heads, int64_t length, int64_t element_bytes) {
-    const int64_t per_head = std::max<int64_t>(1, length * length * element_bytes);
+  int64_t size;
+  HeadGroups(int64_t heads, int64_t length, int64_t element_bytes, int64_t columns) {
+    const int64_t per_head = std::max<int64_t>(1, length * (length + columns) * element_bytes);
     size = std::clamp<int64_t>(kTaskScratchBytes / per_head, 1, std::max<int64_t>(heads, 1));
-    count = (heads + size - 1) / size;
   }
 };
-
-// The logits of heads [h0, h0 + n) as batch item s sees them: -inf on its padded keys.
-at::Tensor masked_scores(const at::Tensor& logits, const std::optional<at::Tensor>& mask, int64_t s, int64_t h0,
-                         int64_t n) {
-  const at::Tensor scores = logits.narrow(0, h0, n);
-  if (!mask) return scores;
-  return scores.masked_fill((*mask)[s].view({1, 1, -1}), -std::numeric_limits<double>::infinity());
-}
 
 // lse of every row of (n, T, T) scores into the contiguous (n, T) lse_rows, by the two
 // passes of softmax_math.h: ATen's vectorised exp does the bulk, the header the per-row rule.
@@ -89,6 +91,134 @@ at::Tensor columns_as_batch(const at::Tensor& y, int64_t batch, int64_t dim) {
   return y.view({y.size(0), y.size(1), batch, dim}).permute({2, 0, 1, 3});
 }
 
+// Below this normaliser s_b a row leaves the shared path: every term of a larger sum that
+// is not a normal number weighs less than one ulp of it, so the shared row is exact to
+// rounding; a smaller sum may hide terms lost to underflow.
+template <class scalar_t>
+scalar_t safe_mass() {
+  return std::ldexp(std::numeric_limits<scalar_t>::min(), std::numeric_limits<scalar_t>::digits);
+}
+
+// exp(logits - row max over all keys) of heads [h0, h0 + n), shared by every item of the
+// batch whatever its padding; the row maxima (n, T, 1) are finite (0 for a row of -inf).
+struct SharedExponentials {
+  at::Tensor exps, row_max;
+
+  SharedExponentials(const at::Tensor& logits, int64_t h0, int64_t n) {
+    const at::Tensor scores = logits.narrow(0, h0, n);
+    row_max = std::get<0>(scores.max(-1, /*keepdim=*/true));
+    row_max.masked_fill_(row_max.isneginf(), 0);
+    exps = (scores - row_max).exp_();
+  }
+};
+
+// [x_b * scale_b | last_b] of every item b as (n, T, B * (D + 1)), for x (B, n, T, D) and
+// scale, last broadcast to (B, n, T, 1): the columns of one product per head, with the
+// batch folded in.
+at::Tensor item_columns(const at::Tensor& x, const at::Tensor& scale, const at::Tensor& last) {
+  const int64_t B = x.size(0), n = x.size(1), T = x.size(2), D = x.size(3);
+  return at::cat({x * scale, last.expand({B, n, T, 1})}, -1).permute({1, 2, 0, 3}).reshape({n, T, B * (D + 1)});
+}
+
+// Item b's scores of row (h, i) over its valid keys, for the rows that leave the shared
+// path: the masked softmax of softmax_math.h, one row at a time. Calls visit(j, p_j) for
+// every valid key and returns the row's lse.
+template <class scalar_t, class Visit>
+scalar_t exact_row(const at::TensorAccessor<scalar_t, 3>& logits, const at::TensorAccessor<bool, 2>& mask, int64_t b,
+                   int64_t h, int64_t i, const Visit& visit) {
+  const int64_t T = mask.size(1);
+  scalar_t row_max = -math::infinity<scalar_t>();
+  for (int64_t j = 0; j < T; ++j) {
+    if (!mask[b][j]) row_max = math::max_(row_max, logits[h][i][j]);
+  }
+  scalar_t sum = 0;
+  for (int64_t j = 0; j < T; ++j) {
+    if (!mask[b][j]) sum += math::shifted_exp(logits[h][i][j], row_max);
+  }
+  const scalar_t lse = math::softmax_lse(row_max, sum);
+  for (int64_t j = 0; j < T; ++j) {
+    if (!mask[b][j]) visit(j, math::softmax_prob(logits[h][i][j], lse));
+  }
+  return lse;
+}
+
+// The forward of heads [h0, h0 + n) with a mask: out and lse (B, H, T) of every item
+// from one product with the shared exponentials.
+template <class scalar_t>
+void masked_forward_group(const at::Tensor& logits, const at::Tensor& v, const at::Tensor& mask,
+                          const at::Tensor& keep, at::Tensor& out, at::Tensor& lse, int64_t h0, int64_t n) {
+  const int64_t B = v.size(0), T = v.size(2), D = v.size(3);
+  const SharedExponentials shared(logits, h0, n);
+  // (n, T, B, D + 1): item b's unnormalised output, then its normaliser s_b
+  const at::Tensor sums_and_outputs = at::bmm(shared.exps, item_columns(v.narrow(1, h0, n), keep, keep)).view({n, T, B, D + 1});
+  const at::Tensor sums = sums_and_outputs.select(-1, D);
+  out.narrow(1, h0, n).copy_((sums_and_outputs.narrow(-1, 0, D) / sums.unsqueeze(-1)).permute({2, 0, 1, 3}));
+  lse.narrow(1, h0, n).copy_((shared.row_max + sums.log()).permute({2, 0, 1}));
+  const at::Tensor unsafe = (sums < safe_mass<scalar_t>()).nonzero();  // (rows, 3): head, i, b
+  if (unsafe.size(0) == 0) return;
+  const auto logit = logits.accessor<scalar_t, 3>();
+  const auto padding = mask.accessor<bool, 2>();
+  const auto values = v.accessor<scalar_t, 4>();
+  auto outputs = out.accessor<scalar_t, 4>();
+  auto lses = lse.accessor<scalar_t, 3>();
+  const auto rows = unsafe.accessor<int64_t, 2>();
+  for (int64_t r = 0; r < unsafe.size(0); ++r) {
+    const int64_t h = h0 + rows[r][0], i = rows[r][1], b = rows[r][2];
+    auto row = outputs[b][h][i];
+    for (int64_t d = 0; d < D; ++d) row[d] = 0;
+    lses[b][h][i] = exact_row(logit, padding, b, h, i, [&](int64_t j, scalar_t p) {
+      for (int64_t d = 0; d < D; ++d) row[d] += p * values[b][h][j][d];
+    });
+  }
+}
+
+// The backward of heads [h0, h0 + n) with a mask. With r_b = 1 / s_b, P_b = r_b E keep_b^T,
+// so
+//   dV_b     = keep_b * (E^T @ (r_b dO_b)),
+//   dlogits  = E * sum_b (r_b dO_b) (keep_b V_b)^T - (r_b delta_b) keep_b^T
+//            = E * ([r_1 dO_1 | -r_1 delta_1 | ...] @ [keep_1 V_1 | keep_1 | ...]^T):
+// the batch is the inner dimension of one product. s_b is recomputed (E @ keep_b, a small
+// product) rather than taken from lse: lse = m + log s_b rounds to the ulp of m, which is
+// coarse for large logits. Rows that left the shared path in the forward get r_b = 0 here
+// and their exact terms added one by one.
+template <class scalar_t>
+void masked_backward_group(const at::Tensor& grad_out, const at::Tensor& logits, const at::Tensor& v,
+                           const at::Tensor& mask, const at::Tensor& keep, const at::Tensor& delta,
+                           at::Tensor& grad_logits, at::Tensor& grad_v, int64_t h0, int64_t n) {
+  const int64_t B = v.size(0), T = v.size(2), D = v.size(3);
+  const SharedExponentials shared(logits, h0, n);
+  const at::Tensor sums = at::bmm(shared.exps, keep.view({B, T}).t().expand({n, T, B})).permute({2, 0, 1});
+  const at::Tensor unsafe = sums < safe_mass<scalar_t>();  // (B, n, T)
+  const at::Tensor inverse_mass = sums.reciprocal().masked_fill_(unsafe, 0).unsqueeze(-1);  // r_b, (B, n, T, 1)
+  // (n, T, B (D + 1)): [r_b dO_b | -r_b delta_b] of every item
+  const at::Tensor row_side =
+      item_columns(grad_out.narrow(1, h0, n), inverse_mass, -inverse_mass * delta.narrow(1, h0, n).unsqueeze(-1));
+  const at::Tensor through_exps = at::bmm(shared.exps.transpose(1, 2), row_side).view({n, T, B, D + 1});
+  grad_v.narrow(1, h0, n).copy_(through_exps.narrow(-1, 0, D).permute({2, 0, 1, 3}) * keep);
+  grad_logits.narrow(0, h0, n).copy_(shared.exps * at::bmm(row_side, item_columns(v.narrow(1, h0, n), keep, keep).transpose(1, 2)));
+  const at::Tensor unsafe_rows = unsafe.nonzero();  // (rows, 3): b, head, i
+  if (unsafe_rows.size(0) == 0) return;
+  const auto logit = logits.accessor<scalar_t, 3>();
+  const auto padding = mask.accessor<bool, 2>();
+  const auto values = v.accessor<scalar_t, 4>();
+  const auto grads_out = grad_out.accessor<scalar_t, 4>();
+  const auto deltas = delta.accessor<scalar_t, 3>();
+  auto grad_logit = grad_logits.accessor<scalar_t, 3>();
+  auto grad_value = grad_v.accessor<scalar_t, 4>();
+  const auto rows = unsafe_rows.accessor<int64_t, 2>();
+  for (int64_t r = 0; r < unsafe_rows.size(0); ++r) {
+    const int64_t b = rows[r][0], h = h0 + rows[r][1], i = rows[r][2];
+    exact_row(logit, padding, b, h, i, [&](int64_t j, scalar_t p) {
+      scalar_t grad_prob = 0;
+      for (int64_t d = 0; d < D; ++d) {
+        grad_prob += grads_out[b][h][i][d] * values[b][h][j][d];
+        grad_value[b][h][j][d] += p * grads_out[b][h][i][d];
+      }
+      grad_logit[h][i][j] += math::softmax_logit_grad(p, grad_prob, deltas[b][h][i]);
+    });
+  }
+}
+
 void check_cpu_dtype(const at::Tensor& logits) {
   TORCH_CHECK_TYPE(logits.scalar_type() == at::kFloat || logits.scalar_type() == at::kDouble,
                    "fixed_attention on the CPU takes float32 or float64, got ", logits.scalar_type());
@@ -103,23 +233,23 @@ std::tuple<at::Tensor, at::Tensor> fixed_attention_forward_cpu(const at::Tensor&
   at::Tensor out = new_output({B, H, T, D}, v.options());
   at::Tensor lse = new_output({s_count, H, T}, logits.options());
   if (T == 0 || H == 0) return {out, lse};
-  const HeadGroups groups(H, T, logits.element_size());
+  const HeadGroups groups(H, T, logits.element_size(), mask ? B * (D + 1) : 0);
+  const at::Tensor keep = mask ? mask->logical_not().to(v.scalar_type()).view({B, 1, T, 1}) : at::Tensor();
   AT_DISPATCH_FLOATING_TYPES(logits.scalar_type(), "fixed_attention_forward_cpu", [&] {
-    // One task per (softmax set, head group), in turn: each is a few large ATen products
-    // that use every thread themselves (inside at::parallel_for they would run on one, and
-    // without the caller's dispatch state).
-    for (int64_t task = 0; task < s_count * groups.count; ++task) {
-      const int64_t s = task / groups.count, h0 = (task % groups.count) * groups.size;
+    // One task per head group, in turn: each is a few large ATen products that use every
+    // thread themselves (inside at::parallel_for they would run on one, and without the
+    // caller's dispatch state).
+    for (int64_t h0 = 0; h0 < H; h0 += groups.size) {
       const int64_t n = std::min(groups.size, H - h0);
-      const at::Tensor scores = masked_scores(logits, mask, s, h0, n);
-      const at::Tensor lse_rows = lse[s].narrow(0, h0, n);
+      if (mask) {
+        masked_forward_group<scalar_t>(logits, v, *mask, keep, out, lse, h0, n);
+        continue;
+      }
+      const at::Tensor scores = logits.narrow(0, h0, n);
+      const at::Tensor lse_rows = lse[0].narrow(0, h0, n);
       row_logsumexp<scalar_t>(scores, lse_rows);
       const at::Tensor probs = probabilities(scores, lse_rows);
-      if (s_count == 1) {
-        out.narrow(1, h0, n).copy_(columns_as_batch(at::bmm(probs, batch_as_columns(v, h0, n)), B, D));
-      } else {
-        out[s].narrow(0, h0, n).copy_(at::bmm(probs, v[s].narrow(0, h0, n)));
-      }
+      out.narrow(1, h0, n).copy_(columns_as_batch(at::bmm(probs, batch_as_columns(v, h0, n)), B, D));
     }
   });
   return {out, lse};
@@ -137,16 +267,19 @@ std::tuple<at::Tensor, at::Tensor> fixed_attention_backward_cpu(const at::Tensor
   if (T == 0 || H == 0) return {grad_logits, grad_v};
   // delta[b, h, i] = sum_j P_ij dL/dP_ij = dO_i . out_i
   const at::Tensor delta = (grad_out * out).sum(-1);
-  const HeadGroups groups(H, T, logits.element_size());
+  const HeadGroups groups(H, T, logits.element_size(), mask ? 2 * B * (D + 1) : 0);
+  const at::Tensor keep = mask ? mask->logical_not().to(v.scalar_type()).view({B, 1, T, 1}) : at::Tensor();
   AT_DISPATCH_FLOATING_TYPES(logits.scalar_type(), "fixed_attention_backward_cpu", [&] {
     // One task per head group, in turn (as in the forward): its logits gradient sums the
     // batch in order, in one task.
-    for (int64_t task = 0; task < groups.count; ++task) {
-      const int64_t h0 = task * groups.size, n = std::min(groups.size, H - h0);
-      at::Tensor grad_logits_group = grad_logits.narrow(0, h0, n).zero_();
-      // Branch on the mask, not on s_count: with B = 1 a masked call has one softmax set
-      // too, but its probabilities must still leave out the padded keys.
-      if (!mask) {
+    for (int64_t h0 = 0; h0 < H; h0 += groups.size) {
+      const int64_t n = std::min(groups.size, H - h0);
+      // Branch on the mask, not on the number of softmax sets: with B = 1 a masked call
+      // has one set too, but its probabilities must still leave out the padded keys.
+      if (mask) {
+        masked_backward_group<scalar_t>(grad_out, logits, v, *mask, keep, delta, grad_logits, grad_v, h0, n);
+      } else {
+        at::Tensor grad_logits_group = grad_logits.narrow(0, h0, n).zero_();
         const at::Tensor probs = probabilities(logits.narrow(0, h0, n), lse[0].narrow(0, h0, n));
         const at::Tensor grad_out_columns = batch_as_columns(grad_out, h0, n);
         grad_v.narrow(1, h0, n).copy_(columns_as_batch(at::bmm(probs.transpose(1, 2), grad_out_columns), B, D));
@@ -154,15 +287,6 @@ std::tuple<at::Tensor, at::Tensor> fixed_attention_backward_cpu(const at::Tensor
         const at::Tensor grad_probs = at::bmm(grad_out_columns, batch_as_columns(v, h0, n).transpose(1, 2));
         const at::Tensor delta_group = delta.narrow(1, h0, n).sum(0).contiguous();
         accumulate_logit_grad<scalar_t>(grad_logits_group, probs, grad_probs.contiguous(), delta_group);
-      } else {
-        for (int64_t b = 0; b < B; ++b) {
-          const at::Tensor probs = probabilities(masked_scores(logits, mask, b, h0, n), lse[b].narrow(0, h0, n));
-          const at::Tensor grad_out_group = grad_out[b].narrow(0, h0, n);
-          grad_v[b].narrow(0, h0, n).copy_(at::bmm(probs.transpose(1, 2), grad_out_group));
-          const at::Tensor grad_probs = at::bmm(grad_out_group, v[b].narrow(0, h0, n).transpose(1, 2));
-          accumulate_logit_grad<scalar_t>(grad_logits_group, probs, grad_probs.contiguous(),
-                                          delta[b].narrow(0, h0, n).contiguous());
-        }
       }
     }
   });
