@@ -18,6 +18,7 @@
 #include "fastattn/outputs.h"
 #include "fastattn/softmax_math.h"
 #include "fastattn/sparse_attention_host.h"
+#include "instruction_sets.h"
 
 namespace fastattn {
 namespace {
@@ -28,42 +29,7 @@ constexpr int64_t kRowsPerTask = 16;
 // thread count, so the result does not depend on the machine.
 constexpr int64_t kMinBackwardTasks = 16;
 
-// The inner loops are compiled twice, for AVX2 with FMA and for the baseline x86-64 a
-// portable wheel must assume, and each block of rows runs the better one this CPU has.
-// (GCC's target_clones would do the same by ifunc, but its resolvers pick the baseline
-// clone on AMD Zen 3, measured: a 2x loss.) Everything a block calls is always_inline, so
-// the AVX2 entry point compiles its own copy of all of it.
-#if defined(__x86_64__) && defined(__GNUC__)
-#define FASTATTN_AVX2_FMA __attribute__((target("avx2,fma")))
-bool cpu_has_avx2_fma() {
-  static const bool has = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-  return has;
-}
-#else
-#define FASTATTN_AVX2_FMA
-bool cpu_has_avx2_fma() { return false; }
-#endif
-
-// A block's body must be always_inline too; GCC takes the attribute after a lambda's
-// parameter list.
-#define FASTATTN_INLINE_BLOCK __attribute__((always_inline))
-
-template <class Block>
-FASTATTN_AVX2_FMA void run_block_avx2_fma(const Block& block, int64_t begin, int64_t end) {
-  block(begin, end);
-}
-
-// block(begin, end) over [0, items) in parallel, in the best instruction set available.
-template <class Block>
-void parallel_blocks(int64_t items, int64_t grain, const Block& block) {
-  at::parallel_for(0, items, grain, [&](int64_t begin, int64_t end) {
-    if (cpu_has_avx2_fma()) {
-      run_block_avx2_fma(block, begin, end);
-    } else {
-      block(begin, end);
-    }
-  });
-}
+using cpu::parallel_blocks;
 
 // Sixteen partial sums: two AVX2 registers of float (four of double), so independent FMA
 // chains run side by side.
