@@ -14,6 +14,7 @@
 #include "fastattn/lsh_select.h"
 #include "fastattn/mips_math.h"
 #include "fastattn/outputs.h"
+#include "instruction_sets.h"
 
 namespace fastattn {
 namespace {
@@ -128,46 +129,126 @@ at::Tensor alsh_hash_cpu(const at::Tensor& x, c10::string_view scheme, c10::stri
   return codes;
 }
 
-// Writes the L best keys of query i, best first, -1 after the last: the keys whose score
-// (0 .. max_score) is above the L-th best score, and as many keys with exactly that
-// score as fit, taken in distance order. Linear in the number of keys.
-void select_by_small_scores(const std::vector<int>& scores, int max_score, int64_t i, int64_t L, int32_t* out,
-                            std::vector<int64_t>& histogram) {
-  const int64_t keys = static_cast<int64_t>(scores.size());
-  std::fill(histogram.begin(), histogram.end(), 0);
-  for (int s : scores) {
-    if (s >= 0) ++histogram[s];
+// Hamming selection, one query row at a time, in three passes over its keys' scores that
+// the compiler vectorises (population counts, a maximum, counts of a few score values) and
+// one scalar pass that collects the few keys at or above the threshold; only those are
+// then ordered. Every pass reads the row's scores from L1, so each costs about a cycle per
+// key or less, against the per-key sort or walk it replaces.
+using Score = int16_t;  // 0 .. 256 equal bits, -1 for a padded key
+
+// How many consecutive score values one counting pass tallies.
+constexpr int kBinsPerPass = 8;
+
+// Per-task scratch, reused across rows.
+struct HammingScratch {
+  std::vector<Score> scores;
+  std::vector<int32_t> candidates;
+  std::vector<int64_t> next;  // keys per score, then the next free slot per score
+
+  HammingScratch(int64_t keys, int n_bits) : scores(keys), candidates(keys), next(n_bits + 1) {}
+};
+
+// scores[j]: equal bits of query_code and key j among the first n_bits, -1 where padded.
+// kWords > 0 fixes the code width at compile time, so the loop vectorises (eight keys per
+// instruction with AVX-512 VPOPCNTDQ).
+template <int kWords>
+[[gnu::always_inline]] inline void hamming_scores(const int64_t* query_code, const int64_t* key_codes,
+                                                  const bool* padding, int64_t keys, int words, int n_bits,
+                                                  Score* scores) {
+  const int width = kWords > 0 ? kWords : words;
+  if (padding) {
+    for (int64_t j = 0; j < keys; ++j) {
+      const int score = lsh::equal_bits(query_code, key_codes + j * width, width, n_bits);
+      scores[j] = static_cast<Score>(padding[j] ? -1 : score);
+    }
+  } else {
+    for (int64_t j = 0; j < keys; ++j) {
+      scores[j] = static_cast<Score>(lsh::equal_bits(query_code, key_codes + j * width, width, n_bits));
+    }
   }
-  // threshold: the lowest score still (partly) taken; above: how many keys score higher
-  int threshold = 0;  // stays 0 when fewer than L keys score above 0
+}
+
+// The lowest score still (partly) taken among the L best and how many keys score above
+// it; next[s] gets the number of keys of each score from the best down to the threshold.
+// Counts kBinsPerPass score values per pass, downwards from the best score: the L-th best
+// is usually within a few values of the best, so one or two passes find it.
+struct Threshold {
+  int score;
+  int64_t above;
+};
+
+[[gnu::always_inline]] inline Threshold find_threshold(const Score* scores, int64_t keys, int64_t L, int best,
+                                                       int64_t* next) {
   int64_t above = 0;
-  for (int s = max_score; s > 0; --s) {
-    if (above + histogram[s] >= L) {
-      threshold = s;
-      break;
+  for (int top = best; top >= 0; top -= kBinsPerPass) {
+    int32_t counts[kBinsPerPass] = {};
+    for (int64_t j = 0; j < keys; ++j) {
+      const int below_top = top - scores[j];
+      for (int b = 0; b < kBinsPerPass; ++b) counts[b] += below_top == b;
     }
-    above += histogram[s];
-  }
-  // next[s]: where the next key of score s goes
-  std::vector<int64_t>& next = histogram;
-  int64_t position = 0;
-  for (int s = max_score; s >= threshold; --s) {
-    const int64_t count = s > threshold ? histogram[s] : std::min<int64_t>(histogram[s], L - above);
-    next[s] = position;
-    position += count;
-  }
-  const int64_t taken = position;
-  int64_t threshold_room = taken - above;
-  for (int64_t d = 0, steps = lsh::distance_order_length(i, keys); d < steps; ++d) {
-    const int64_t j = lsh::key_in_distance_order(i, d, keys);
-    if (j < 0 || scores[j] < threshold) continue;
-    if (scores[j] == threshold) {
-      if (threshold_room == 0) continue;
-      --threshold_room;
+    for (int b = 0; b < kBinsPerPass && top - b >= 0; ++b) {
+      const int score = top - b;
+      next[score] = counts[b];
+      // Score 0 is the floor: keys scoring 0 fill whatever room is left.
+      if (above + counts[b] >= L || score == 0) return {score, above};
+      above += counts[b];
     }
-    out[next[scores[j]]++] = static_cast<int32_t>(j);
+  }
+  return {0, above};
+}
+
+// Writes the L best keys of query i (SPEC section 3), best first, -1 after the last: the
+// keys scoring above the threshold, and as many keys at the threshold as fit, nearest to
+// i first. The candidates, collected in index order, are visited in distance order by
+// walking outwards from i, which is the tie-break order: i, i-1, i+1, i-2, ...
+[[gnu::always_inline]] inline void select_by_small_scores(const Score* scores, int64_t keys, int64_t i, int64_t L,
+                                                          int32_t* out, HammingScratch& scratch) {
+  Score best = -1;
+  for (int64_t j = 0; j < keys; ++j) best = std::max(best, scores[j]);
+  int64_t taken = 0;
+  if (best >= 0) {
+    int64_t* next = scratch.next.data();
+    const auto [threshold, above] = find_threshold(scores, keys, L, best, next);
+    for (int score = best; score >= threshold; --score) {  // next[s]: where the next key of score s goes
+      const int64_t count = score > threshold ? next[score] : std::min<int64_t>(next[score], L - above);
+      next[score] = taken;
+      taken += count;
+    }
+    int32_t* candidates = scratch.candidates.data();
+    int64_t found = 0;
+    for (int64_t j = 0; j < keys; ++j) {
+      candidates[found] = static_cast<int32_t>(j);
+      found += scores[j] >= threshold;
+    }
+    int64_t right = std::lower_bound(candidates, candidates + found, i) - candidates, left = right - 1;
+    for (int64_t placed = 0, room = taken - above; placed < taken;) {
+      const bool go_left = left >= 0 && (right >= found || i - candidates[left] <= candidates[right] - i);
+      const int32_t j = go_left ? candidates[left--] : candidates[right++];
+      if (scores[j] == threshold) {
+        if (room == 0) continue;
+        --room;
+      }
+      out[next[scores[j]]++] = j;
+      ++placed;
+    }
   }
   std::fill(out + taken, out + L, -1);
+}
+
+// topk_keys in hamming mode: rows of queries, each against every key of its (batch, head).
+template <int kWords>
+void hamming_topk(const int64_t* q_codes, const int64_t* k_codes, const bool* padding, int64_t rows, int64_t H,
+                  int64_t Tq, int64_t Tk, int words, int n_bits, int64_t L, int32_t* out) {
+  cpu::parallel_blocks<cpu::Widest::kAvx512Popcount>(rows, kRowsPerTask, [&](int64_t begin, int64_t end)
+                                                                            FASTATTN_INLINE_BLOCK {
+    HammingScratch scratch(Tk, n_bits);
+    for (int64_t row = begin; row < end; ++row) {
+      const int64_t bh = row / Tq, b = bh / H, i = row % Tq;
+      hamming_scores<kWords>(q_codes + row * words, k_codes + bh * Tk * words, padding ? padding + b * Tk : nullptr,
+                             Tk, words, n_bits, scratch.scores.data());
+      select_by_small_scores(scratch.scores.data(), Tk, i, L, out + row * L, scratch);
+    }
+  });
 }
 
 at::Tensor topk_keys_cpu(const at::Tensor& q_codes_in, const at::Tensor& k_codes_in, int64_t L,
@@ -183,31 +264,30 @@ at::Tensor topk_keys_cpu(const at::Tensor& q_codes_in, const at::Tensor& k_codes
   const std::optional<at::Tensor> mask = mask_in ? std::optional<at::Tensor>(mask_in->contiguous()) : std::nullopt;
   at::Tensor out = new_output({B, H, Tq, L}, q_codes.options().dtype(at::kInt));
   if (out.numel() == 0) return out;
-  const at::ScalarType acc = bucket ? accumulate_type(*q_in) : at::kDouble;
-  const at::Tensor q = bucket ? q_in->to(acc).contiguous() : at::Tensor();
-  const at::Tensor k = bucket ? k_in->to(acc).contiguous() : at::Tensor();
-  const int64_t D = bucket ? q.size(3) : 0;
+  const bool* padding = mask ? mask->data_ptr<bool>() : nullptr;
+  int32_t* result = out.data_ptr<int32_t>();
+  if (!bucket) {
+    const int64_t* qc = q_codes.data_ptr<int64_t>();
+    const int64_t* kc = k_codes.data_ptr<int64_t>();
+    switch (words) {  // the common widths, fixed at compile time
+      case 1: hamming_topk<1>(qc, kc, padding, B * H * Tq, H, Tq, Tk, words, n_bits, L, result); break;
+      case 2: hamming_topk<2>(qc, kc, padding, B * H * Tq, H, Tq, Tk, words, n_bits, L, result); break;
+      default: hamming_topk<0>(qc, kc, padding, B * H * Tq, H, Tq, Tk, words, n_bits, L, result); break;
+    }
+    return out;
+  }
+  const at::ScalarType acc = accumulate_type(*q_in);
+  const at::Tensor q = q_in->to(acc).contiguous(), k = k_in->to(acc).contiguous();
+  const int64_t D = q.size(3);
   AT_DISPATCH_FLOATING_TYPES(acc, "topk_keys_cpu", [&] {
     const int64_t* qc = q_codes.data_ptr<int64_t>();
     const int64_t* kc = k_codes.data_ptr<int64_t>();
-    const bool* padding = mask ? mask->data_ptr<bool>() : nullptr;
-    int32_t* result = out.data_ptr<int32_t>();
     at::parallel_for(0, B * H * Tq, kRowsPerTask, [&](int64_t begin, int64_t end) {
-      std::vector<int> scores(Tk);
-      std::vector<int64_t> histogram(n_bits + 1);
       std::vector<std::pair<scalar_t, int64_t>> candidates;
       for (int64_t row = begin; row < end; ++row) {
         const int64_t bh = row / Tq, b = bh / H, i = row % Tq;
         const int64_t* query_code = qc + row * words;
         int32_t* dst = result + row * L;
-        if (!bucket) {
-          for (int64_t j = 0; j < Tk; ++j) {
-            const bool padded = padding && padding[b * Tk + j];
-            scores[j] = padded ? -1 : lsh::equal_bits(query_code, kc + (bh * Tk + j) * words, words, n_bits);
-          }
-          select_by_small_scores(scores, n_bits, i, L, dst, histogram);
-          continue;
-        }
         candidates.clear();
         const scalar_t* qi = q.data_ptr<scalar_t>() + row * D;
         for (int64_t j = 0; j < Tk; ++j) {
