@@ -10,20 +10,36 @@
 #include <ATen/Parallel.h>
 
 #include <cstdint>
+#include <cstdlib>
+#include <string_view>
 
 namespace fastattn::cpu {
+
+enum class Level { kBaseline, kAvx2, kAvx512 };
+
+// FASTATTN_CPU_LEVEL=baseline or avx2 in the environment caps the copies used, so the tests
+// can run every copy on a CPU that has them all.
+inline bool level_allowed(Level level) {
+  static const Level cap = [] {
+    const char* value = std::getenv("FASTATTN_CPU_LEVEL");
+    const std::string_view name = value ? value : "";
+    return name == "baseline" ? Level::kBaseline : name == "avx2" ? Level::kAvx2 : Level::kAvx512;
+  }();
+  return level <= cap;
+}
 
 #if defined(__x86_64__) && defined(__GNUC__)
 #define FASTATTN_AVX2 __attribute__((target("avx2,fma,popcnt")))
 #define FASTATTN_AVX512_POPCOUNT \
   __attribute__((target("avx512f,avx512bw,avx512vl,avx512vpopcntdq,avx2,fma,popcnt")))
 inline bool cpu_has_avx2() {
-  static const bool has =
-      __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("popcnt");
+  static const bool has = level_allowed(Level::kAvx2) && __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
+                          __builtin_cpu_supports("popcnt");
   return has;
 }
 inline bool cpu_has_avx512_popcount() {
-  static const bool has = cpu_has_avx2() && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+  static const bool has = level_allowed(Level::kAvx512) && cpu_has_avx2() && __builtin_cpu_supports("avx512f") &&
+                          __builtin_cpu_supports("avx512bw") &&
                           __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512vpopcntdq");
   return has;
 }

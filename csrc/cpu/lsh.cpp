@@ -10,6 +10,10 @@
 #include <algorithm>
 #include <vector>
 
+#if defined(__x86_64__)
+#include <immintrin.h>
+#endif
+
 #include "fastattn/lsh_host.h"
 #include "fastattn/lsh_select.h"
 #include "fastattn/mips_math.h"
@@ -141,12 +145,55 @@ constexpr int kBinsPerPass = 8;
 
 // Per-task scratch, reused across rows.
 struct HammingScratch {
+  // collect_at_least may write this many entries past the last candidate
+  static constexpr int64_t kCandidateSlack = 16;
+
   std::vector<Score> scores;
   std::vector<int32_t> candidates;
   std::vector<int64_t> next;  // keys per score, then the next free slot per score
 
-  HammingScratch(int64_t keys, int n_bits) : scores(keys), candidates(keys), next(n_bits + 1) {}
+  HammingScratch(int64_t keys, int n_bits)
+      : scores(keys), candidates(keys + kCandidateSlack), next(n_bits + 1) {}
 };
+
+// The j whose score is at least `threshold`, in increasing order, into candidates; returns
+// how many. They are a few percent of the keys, so a scalar loop spends its time on the
+// others; with AVX-512 each 32 keys take one comparison and two compressions, no branch.
+int64_t collect_at_least_scalar(const Score* scores, int64_t begin, int64_t keys, int threshold, int32_t* candidates) {
+  int64_t found = 0;
+  for (int64_t j = begin; j < keys; ++j) {
+    candidates[found] = static_cast<int32_t>(j);
+    found += scores[j] >= threshold;
+  }
+  return found;
+}
+
+#if defined(__x86_64__) && defined(__GNUC__)
+FASTATTN_AVX512_POPCOUNT int64_t collect_at_least_avx512(const Score* scores, int64_t keys, int threshold,
+                                                         int32_t* candidates) {
+  const __m512i below = _mm512_set1_epi16(static_cast<int16_t>(threshold - 1));
+  const __m512i first_half = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+  const __m512i sixteen = _mm512_set1_epi32(16);
+  int64_t found = 0, j = 0;
+  for (; j + 32 <= keys; j += 32) {
+    const __mmask32 hits = _mm512_cmpgt_epi16_mask(_mm512_loadu_si512(scores + j), below);
+    const __m512i low = _mm512_add_epi32(first_half, _mm512_set1_epi32(static_cast<int32_t>(j)));
+    const __mmask16 low_hits = static_cast<__mmask16>(hits), high_hits = static_cast<__mmask16>(hits >> 16);
+    _mm512_storeu_si512(candidates + found, _mm512_maskz_compress_epi32(low_hits, low));
+    found += __builtin_popcount(low_hits);
+    _mm512_storeu_si512(candidates + found, _mm512_maskz_compress_epi32(high_hits, _mm512_add_epi32(low, sixteen)));
+    found += __builtin_popcount(high_hits);
+  }
+  return found + collect_at_least_scalar(scores, j, keys, threshold, candidates + found);
+}
+#endif
+
+int64_t collect_at_least(const Score* scores, int64_t keys, int threshold, int32_t* candidates) {
+#if defined(__x86_64__) && defined(__GNUC__)
+  if (cpu::cpu_has_avx512_popcount()) return collect_at_least_avx512(scores, keys, threshold, candidates);
+#endif
+  return collect_at_least_scalar(scores, 0, keys, threshold, candidates);
+}
 
 // scores[j]: equal bits of query_code and key j among the first n_bits, -1 where padded.
 // kWords > 0 fixes the code width at compile time, so the loop vectorises (eight keys per
@@ -215,11 +262,7 @@ struct Threshold {
       taken += count;
     }
     int32_t* candidates = scratch.candidates.data();
-    int64_t found = 0;
-    for (int64_t j = 0; j < keys; ++j) {
-      candidates[found] = static_cast<int32_t>(j);
-      found += scores[j] >= threshold;
-    }
+    const int64_t found = collect_at_least(scores, keys, threshold, candidates);
     int64_t right = std::lower_bound(candidates, candidates + found, i) - candidates, left = right - 1;
     for (int64_t placed = 0, room = taken - above; placed < taken;) {
       const bool go_left = left >= 0 && (right >= found || i - candidates[left] <= candidates[right] - i);
