@@ -1,5 +1,7 @@
 """Benchmark LSH key selection: alsh_hash of queries and keys, then topk_keys (hamming),
-against the pure-PyTorch path (the references: matmul, bit operations, torch.topk).
+against the pure-PyTorch path (the references: matmul, bit operations, torch.topk), and
+against the dense attention it should save: SDPA's forward of the same shape. On the CPU
+fastattn is also timed on one thread, for its scaling with the threads torch uses.
 
     python bench/lsh.py --device cuda --markdown docs/benchmarks.md
 """
@@ -8,6 +10,7 @@ from __future__ import annotations
 
 
 import torch
+import torch.nn.functional as F
 
 from _timing import median_time, parse_arguments, peak_memory, report
 
@@ -50,6 +53,20 @@ def row_for_length(length, args):
         row["rows differing"] = f"{100 * differ:.2f}%"
     if row["pytorch ms"] not in ("failed", "skipped"):
         row["speed-up"] = f"{float(row['pytorch ms']) / float(row['fastattn ms']):.1f}x"
+    if "fastattn" in results:
+        ours = float(row["fastattn ms"]) / 1e3
+        v = torch.randn_like(q)
+        with torch.no_grad():
+            sdpa = median_time(lambda: F.scaled_dot_product_attention(q, k, v), warmup=args.warmup, reps=args.reps,
+                               device=args.device)
+        row["sdpa fwd ms"] = f"{sdpa * 1e3:.2f}"
+        row["fastattn / sdpa fwd"] = f"{ours / sdpa:.2f}"
+        threads = torch.get_num_threads()
+        if args.device == "cpu" and threads > 1:
+            torch.set_num_threads(1)
+            one = median_time(lambda: select_keys(ops, q, k, proj, args), warmup=args.warmup, reps=args.reps)
+            torch.set_num_threads(threads)
+            row[f"{threads} threads / 1"] = f"{one / ours:.2f}x"
     print(row)
     return row
 
