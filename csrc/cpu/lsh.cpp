@@ -263,16 +263,23 @@ struct Threshold {
     }
     int32_t* candidates = scratch.candidates.data();
     const int64_t found = collect_at_least(scores, keys, threshold, candidates);
+    // Which side comes next and whether a key at the threshold still fits are data-dependent
+    // coin flips: selects instead of branches, and a write to `discarded` for a key that
+    // does not fit. The clamps keep both reads in bounds; candidates has slack past `found`.
     int64_t right = std::lower_bound(candidates, candidates + found, i) - candidates, left = right - 1;
+    int32_t discarded;
     for (int64_t placed = 0, room = taken - above; placed < taken;) {
-      const bool go_left = left >= 0 && (right >= found || i - candidates[left] <= candidates[right] - i);
-      const int32_t j = go_left ? candidates[left--] : candidates[right++];
-      if (scores[j] == threshold) {
-        if (room == 0) continue;
-        --room;
-      }
-      out[next[scores[j]]++] = j;
-      ++placed;
+      const int32_t nearest_left = candidates[std::max<int64_t>(left, 0)], nearest_right = candidates[right];
+      const bool go_left = left >= 0 && (right >= found || i - nearest_left <= nearest_right - i);
+      const int32_t j = go_left ? nearest_left : nearest_right;
+      left -= go_left;
+      right += !go_left;
+      const int score = scores[j];
+      const bool at_threshold = score == threshold, fits = !at_threshold || room > 0;
+      *(fits ? out + next[score] : &discarded) = j;
+      next[score] += fits;
+      room -= fits && at_threshold;
+      placed += fits;
     }
   }
   std::fill(out + taken, out + L, -1);
