@@ -12,6 +12,7 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <cstring>
 #include <type_traits>
 #include <vector>
 
@@ -31,25 +32,51 @@ constexpr int64_t kMinBackwardTasks = 16;
 
 using cpu::parallel_blocks;
 
-// Sixteen partial sums: two AVX2 registers of float (four of double), so independent FMA
-// chains run side by side.
+// 32 bytes of scalar_t as one GCC vector: an AVX register in the AVX2 copy, two SSE
+// registers in the baseline one. Written as vectors because GCC left the scalar form of
+// the dot product below (sixteen partial sums, then halving steps) mostly scalar.
+template <class scalar_t>
+struct Vector32;
+template <>
+struct Vector32<float> {
+  typedef float type __attribute__((vector_size(32)));
+};
+template <>
+struct Vector32<double> {
+  typedef double type __attribute__((vector_size(32)));
+};
+
+// Two vectors of partial sums, so independent FMA chains run side by side, folded by
+// halving steps at the end.
 template <class scalar_t>
 [[gnu::always_inline]] inline scalar_t dot(const scalar_t* a, const scalar_t* b, int64_t n) {
-  constexpr int kLanes = 16;
-  scalar_t partial[kLanes] = {};
+  using Vec = typename Vector32<scalar_t>::type;
+  constexpr int kWidth = sizeof(Vec) / sizeof(scalar_t);
+  // Products of kWidth elements from d, added to `sum`; by reference, since returning a
+  // vector type from a function changes the ABI between the copies.
+  const auto add_products = [a, b](Vec& sum, int64_t d) FASTATTN_INLINE_BLOCK {
+    Vec x, y;
+    std::memcpy(&x, a + d, sizeof(Vec));
+    std::memcpy(&y, b + d, sizeof(Vec));
+    sum += x * y;
+  };
+  Vec first = {}, second = {};
   int64_t d = 0;
-  for (; d + kLanes <= n; d += kLanes) {
-    for (int u = 0; u < kLanes; ++u) partial[u] += a[d + u] * b[d + u];
+  for (; d + 2 * kWidth <= n; d += 2 * kWidth) {
+    add_products(first, d);
+    add_products(second, d + kWidth);
   }
-  for (; d < n; ++d) partial[0] += a[d] * b[d];
-  // Unrolled, the halving steps are vector adds; as loops they ran element by element
-  // through the stack, the costliest part of a slot at D = 16.
+  for (; d + kWidth <= n; d += kWidth) add_products(first, d);
+  first += second;
+  scalar_t lanes[kWidth];
+  std::memcpy(lanes, &first, sizeof(Vec));
 #pragma GCC unroll 4
-  for (int width = kLanes / 2; width > 0; width /= 2) {
-#pragma GCC unroll 8
-    for (int u = 0; u < width; ++u) partial[u] += partial[u + width];
+  for (int width = kWidth / 2; width > 0; width /= 2) {
+#pragma GCC unroll 4
+    for (int u = 0; u < width; ++u) lanes[u] += lanes[u + width];
   }
-  return partial[0];
+  for (; d < n; ++d) lanes[0] += a[d] * b[d];
+  return lanes[0];
 }
 
 template <class scalar_t>
