@@ -79,6 +79,24 @@ template <class scalar_t>
   return lanes[0];
 }
 
+// A row of kDim sums (kDim a multiple of the vector width) held in vector registers: as a
+// plain local array GCC split it into kDim scalar registers and scalar FMAs.
+template <class scalar_t, int kDim>
+struct RowSum {
+  using Vec = typename Vector32<scalar_t>::type;
+  static constexpr int kWidth = sizeof(Vec) / sizeof(scalar_t);
+  Vec parts[kDim / kWidth] = {};
+
+  [[gnu::always_inline]] void add_scaled(scalar_t alpha, const scalar_t* x) {
+    for (int c = 0; c < kDim / kWidth; ++c) {
+      Vec row;
+      std::memcpy(&row, x + c * kWidth, sizeof(Vec));
+      parts[c] += alpha * row;
+    }
+  }
+  [[gnu::always_inline]] void store(scalar_t* dst) const { std::memcpy(dst, parts, sizeof(parts)); }
+};
+
 template <class scalar_t>
 [[gnu::always_inline]] inline void add_scaled(scalar_t* __restrict__ y, scalar_t alpha, const scalar_t* __restrict__ x,
                                               int64_t n) {
@@ -191,18 +209,23 @@ std::tuple<at::Tensor, at::Tensor> sparse_attention_forward_cpu(const at::Tensor
           for (int64_t l = 0; l < p.L; ++l) {  // scores become their shifted_exp terms
             if (slots[l] >= 0) sum += scores[l] = math::shifted_exp(scores[l], row_max);
           }
-          // With D fixed at compile time the output row is summed in registers, not through
-          // memory (a store and a reload per slot).
-          scalar_t row_sum[kDim > 0 ? kDim : 1];
-          scalar_t* dst = kDim > 0 ? row_sum : out_data + row * p.dim();
-          std::fill(dst, dst + p.dim(), scalar_t(0));
+          // A short row fixed at compile time is summed in registers, not through memory (a
+          // store and a reload per slot); a longer one would not fit in them.
+          constexpr bool kInRegisters = kDim > 0 && kDim * sizeof(scalar_t) <= 128;
+          RowSum<scalar_t, kInRegisters ? kDim : 0> row_sum;
+          scalar_t* dst = out_data + row * p.dim();
+          if (!kInRegisters) std::fill(dst, dst + p.dim(), scalar_t(0));
           for (int64_t l = 0; l < p.L; ++l) {
             prefetch_row(p, slots, l + kPrefetchDistance, p.value(bh, 0));
-            if (slots[l] >= 0) {
-              add_scaled(dst, math::softmax_prob_from_terms(scores[l], sum), p.value(bh, slots[l]), p.dim());
+            if (slots[l] < 0) continue;
+            const scalar_t prob = math::softmax_prob_from_terms(scores[l], sum);
+            if constexpr (kInRegisters) {
+              row_sum.add_scaled(prob, p.value(bh, slots[l]));
+            } else {
+              add_scaled(dst, prob, p.value(bh, slots[l]), p.dim());
             }
           }
-          if (kDim > 0) std::copy(row_sum, row_sum + kDim, out_data + row * kDim);
+          if constexpr (kInRegisters) row_sum.store(dst);
           lse_data[row] = math::softmax_lse(row_max, sum);
         }
       });
