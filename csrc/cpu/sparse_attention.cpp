@@ -97,6 +97,12 @@ struct RowSum {
   [[gnu::always_inline]] void store(scalar_t* dst) const { std::memcpy(dst, parts, sizeof(parts)); }
 };
 
+// Whether a row of kDim sums goes in registers (RowSum): a short row fixed at compile time
+// is summed there, not through memory (a store and a reload per slot); a longer one would
+// not fit.
+template <class scalar_t, int kDim>
+constexpr bool kInRegisters = kDim > 0 && kDim * sizeof(scalar_t) <= 128;
+
 template <class scalar_t>
 [[gnu::always_inline]] inline void add_scaled(scalar_t* __restrict__ y, scalar_t alpha, const scalar_t* __restrict__ x,
                                               int64_t n) {
@@ -209,23 +215,20 @@ std::tuple<at::Tensor, at::Tensor> sparse_attention_forward_cpu(const at::Tensor
           for (int64_t l = 0; l < p.L; ++l) {  // scores become their shifted_exp terms
             if (slots[l] >= 0) sum += scores[l] = math::shifted_exp(scores[l], row_max);
           }
-          // A short row fixed at compile time is summed in registers, not through memory (a
-          // store and a reload per slot); a longer one would not fit in them.
-          constexpr bool kInRegisters = kDim > 0 && kDim * sizeof(scalar_t) <= 128;
-          RowSum<scalar_t, kInRegisters ? kDim : 0> row_sum;
+          RowSum<scalar_t, kInRegisters<scalar_t, kDim> ? kDim : 0> row_sum;
           scalar_t* dst = out_data + row * p.dim();
-          if (!kInRegisters) std::fill(dst, dst + p.dim(), scalar_t(0));
+          if (!kInRegisters<scalar_t, kDim>) std::fill(dst, dst + p.dim(), scalar_t(0));
           for (int64_t l = 0; l < p.L; ++l) {
             prefetch_row(p, slots, l + kPrefetchDistance, p.value(bh, 0));
             if (slots[l] < 0) continue;
             const scalar_t prob = math::softmax_prob_from_terms(scores[l], sum);
-            if constexpr (kInRegisters) {
+            if constexpr (kInRegisters<scalar_t, kDim>) {
               row_sum.add_scaled(prob, p.value(bh, slots[l]));
             } else {
               add_scaled(dst, prob, p.value(bh, slots[l]), p.dim());
             }
           }
-          if constexpr (kInRegisters) row_sum.store(dst);
+          if constexpr (kInRegisters<scalar_t, kDim>) row_sum.store(dst);
           lse_data[row] = math::softmax_lse(row_max, sum);
         }
       });
@@ -254,7 +257,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> sparse_attention_backward_cpu(
   at::Tensor extra_grad_v = at::zeros_like(extra_grad_k);
   AT_DISPATCH_FLOATING_TYPES(q.scalar_type(), "sparse_attention_backward_cpu", [&] {
     with_head_dim(q.size(3), [&](auto dim) {
-      const Problem<scalar_t, decltype(dim)::value> p(q, k, v, indices, scale);
+      constexpr int kDim = decltype(dim)::value;
+      const Problem<scalar_t, kDim> p(q, k, v, indices, scale);
       const scalar_t* dO = grad_out.data_ptr<scalar_t>();
       const scalar_t* out_data = out.data_ptr<scalar_t>();
       const scalar_t* lse_data = lse.data_ptr<scalar_t>();
@@ -279,7 +283,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> sparse_attention_backward_cpu(
             const scalar_t delta = dot(grad_row, out_data + row * p.dim(), p.dim());  // dO_i . out_i
             row_scores(p, row, scores.data());  // the scores again; the saved lse normalises them
             scalar_t* dq_row = dq + row * p.dim();
-            std::fill(dq_row, dq_row + p.dim(), scalar_t(0));
+            RowSum<scalar_t, kInRegisters<scalar_t, kDim> ? kDim : 0> dq_sum;  // as in the forward
+            if (!kInRegisters<scalar_t, kDim>) std::fill(dq_row, dq_row + p.dim(), scalar_t(0));
             for (int64_t l = 0; l < p.L; ++l) {
               prefetch_row(p, slots, l + kPrefetchDistance, p.value(bh, 0));
               prefetch_row<true>(p, slots, l + kPrefetchDistance, dk);
@@ -289,10 +294,15 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> sparse_attention_backward_cpu(
               const scalar_t prob = math::softmax_prob(scores[l], lse_data[row]);
               const scalar_t grad_prob = dot(grad_row, p.value(bh, j), p.dim());
               const scalar_t grad_score = p.scale * math::softmax_logit_grad(prob, grad_prob, delta);
-              add_scaled(dq_row, grad_score, p.key(bh, j), p.dim());
+              if constexpr (kInRegisters<scalar_t, kDim>) {
+                dq_sum.add_scaled(grad_score, p.key(bh, j));
+              } else {
+                add_scaled(dq_row, grad_score, p.key(bh, j), p.dim());
+              }
               add_scaled(dk + j * p.dim(), grad_score, query, p.dim());
               add_scaled(dv + j * p.dim(), prob, grad_row, p.dim());
             }
+            if constexpr (kInRegisters<scalar_t, kDim>) dq_sum.store(dq_row);
           }
         }
       });
