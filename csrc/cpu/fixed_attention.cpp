@@ -150,7 +150,8 @@ void masked_forward_group(const at::Tensor& logits, const at::Tensor& v, const a
   const int64_t B = v.size(0), T = v.size(2), D = v.size(3);
   const SharedExponentials shared(logits, h0, n);
   // (n, T, B, D + 1): item b's unnormalised output, then its normaliser s_b
-  const at::Tensor sums_and_outputs = at::bmm(shared.exps, item_columns(v.narrow(1, h0, n), keep, keep)).view({n, T, B, D + 1});
+  const at::Tensor sums_and_outputs =
+      at::bmm(shared.exps, item_columns(v.narrow(1, h0, n), keep, keep)).view({n, T, B, D + 1});
   const at::Tensor sums = sums_and_outputs.select(-1, D);
   out.narrow(1, h0, n).copy_((sums_and_outputs.narrow(-1, 0, D) / sums.unsqueeze(-1)).permute({2, 0, 1, 3}));
   lse.narrow(1, h0, n).copy_((shared.row_max + sums.log()).permute({2, 0, 1}));
@@ -195,7 +196,8 @@ void masked_backward_group(const at::Tensor& grad_out, const at::Tensor& logits,
       item_columns(grad_out.narrow(1, h0, n), inverse_mass, -inverse_mass * delta.narrow(1, h0, n).unsqueeze(-1));
   const at::Tensor through_exps = at::bmm(shared.exps.transpose(1, 2), row_side).view({n, T, B, D + 1});
   grad_v.narrow(1, h0, n).copy_(through_exps.narrow(-1, 0, D).permute({2, 0, 1, 3}) * keep);
-  grad_logits.narrow(0, h0, n).copy_(shared.exps * at::bmm(row_side, item_columns(v.narrow(1, h0, n), keep, keep).transpose(1, 2)));
+  const at::Tensor value_side = item_columns(v.narrow(1, h0, n), keep, keep);  // [keep_b V_b | keep_b]
+  grad_logits.narrow(0, h0, n).copy_(shared.exps * at::bmm(row_side, value_side.transpose(1, 2)));
   const at::Tensor unsafe_rows = unsafe.nonzero();  // (rows, 3): b, head, i
   if (unsafe_rows.size(0) == 0) return;
   const auto logit = logits.accessor<scalar_t, 3>();

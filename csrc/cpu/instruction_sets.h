@@ -33,8 +33,8 @@ inline bool level_allowed(Level level) {
 #define FASTATTN_AVX512_POPCOUNT \
   __attribute__((target("avx512f,avx512bw,avx512vl,avx512vpopcntdq,avx2,fma,popcnt")))
 inline bool cpu_has_avx2() {
-  static const bool has = level_allowed(Level::kAvx2) && __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
-                          __builtin_cpu_supports("popcnt");
+  static const bool has = level_allowed(Level::kAvx2) && __builtin_cpu_supports("avx2") &&
+                          __builtin_cpu_supports("fma") && __builtin_cpu_supports("popcnt");
   return has;
 }
 inline bool cpu_has_avx512_popcount() {

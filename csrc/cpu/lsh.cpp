@@ -159,7 +159,8 @@ struct HammingScratch {
 // The j whose score is at least `threshold`, in increasing order, into candidates; returns
 // how many. They are a few percent of the keys, so a scalar loop spends its time on the
 // others; with AVX-512 each 32 keys take one comparison and two compressions, no branch.
-int64_t collect_at_least_scalar(const Score* scores, int64_t begin, int64_t keys, int threshold, int32_t* candidates) {
+int64_t collect_at_least_scalar(const Score* scores, int64_t begin, int64_t keys, int threshold,
+                                int32_t* candidates) {
   int64_t found = 0;
   for (int64_t j = begin; j < keys; ++j) {
     candidates[found] = static_cast<int32_t>(j);

@@ -116,7 +116,8 @@ inline int check_topk_inputs(const at::Tensor& q_codes, const at::Tensor& k_code
                     "n_bits must be between 1 and 64 W = ", 64 * words, " (at most ", lsh::kMaxBits, "), got ", bits);
   check_key_padding_mask(mask, "topk_keys", k_codes.size(0), k_codes.size(2), k_codes.device());
   if (mode == "bucket") {
-    TORCH_CHECK_VALUE(q && k && q->dim() == 4 && k->dim() == 4 && q->sizes().slice(0, 3) == q_codes.sizes().slice(0, 3) &&
+    TORCH_CHECK_VALUE(q && k && q->dim() == 4 && k->dim() == 4 &&
+                          q->sizes().slice(0, 3) == q_codes.sizes().slice(0, 3) &&
                           k->sizes().slice(0, 3) == k_codes.sizes().slice(0, 3) && q->size(3) == k->size(3),
                       "mode='bucket' ranks candidates by q . k: q (B, H, Tq, D) and k (B, H, Tk, D) matching the "
                       "codes are required");
