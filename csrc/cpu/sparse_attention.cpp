@@ -109,6 +109,37 @@ template <class scalar_t>
   for (int64_t d = 0; d < n; ++d) y[d] += alpha * x[d];
 }
 
+// Each row of indices with its listed keys moved to the front, in slot order, and their
+// number: the loops then run over the listed keys only. Rows of a mask differ in length
+// (local_global's global row lists every key, the others a few dozen), so most slots of a
+// (T, L) list can be empty, and stepping over them cost more than the listed ones.
+// Skipping empty slots changes no sum: the order of the listed ones is kept.
+struct ListedKeys {
+  at::Tensor keys;    // int64, shaped like indices; -1 after the listed keys of each row
+  at::Tensor counts;  // int64 (index_batch, index_heads, Tq)
+};
+
+ListedKeys listed_keys(const at::Tensor& indices_in) {
+  const at::Tensor indices = indices_in.to(at::kLong).contiguous();
+  const int64_t L = indices.size(3), rows = indices.size(0) * indices.size(1) * indices.size(2);
+  at::Tensor keys = at::empty_like(indices);
+  at::Tensor counts = at::empty({indices.size(0), indices.size(1), indices.size(2)}, indices.options());
+  const int64_t* in = indices.data_ptr<int64_t>();
+  int64_t* out = keys.data_ptr<int64_t>();
+  int64_t* count = counts.data_ptr<int64_t>();
+  at::parallel_for(0, rows, 256, [&](int64_t begin, int64_t end) {
+    for (int64_t row = begin; row < end; ++row) {
+      int64_t listed = 0;
+      for (int64_t l = 0; l < L; ++l) {
+        if (in[row * L + l] >= 0) out[row * L + listed++] = in[row * L + l];
+      }
+      std::fill(out + row * L + listed, out + (row + 1) * L, int64_t(-1));
+      count[row] = listed;
+    }
+  });
+  return {keys, counts};
+}
+
 // Shapes and raw pointers of one call, all contiguous. kDim > 0 fixes D at compile time
 // (the common head sizes, see with_head_dim), so the row loops unroll fully.
 template <class scalar_t, int kDim>
@@ -116,13 +147,13 @@ struct Problem {
   int64_t B, H, Tq, Tk, D, L, index_batch, index_heads;
   scalar_t scale;
   const scalar_t *q, *k, *v;
-  const int64_t* indices;
+  const int64_t *keys, *counts;
 
-  Problem(const at::Tensor& q_, const at::Tensor& k_, const at::Tensor& v_, const at::Tensor& idx, double s)
-      : B(q_.size(0)), H(q_.size(1)), Tq(q_.size(2)), Tk(k_.size(2)), D(q_.size(3)), L(idx.size(3)),
-        index_batch(idx.size(0)), index_heads(idx.size(1)), scale(static_cast<scalar_t>(s)),
+  Problem(const at::Tensor& q_, const at::Tensor& k_, const at::Tensor& v_, const ListedKeys& listed, double s)
+      : B(q_.size(0)), H(q_.size(1)), Tq(q_.size(2)), Tk(k_.size(2)), D(q_.size(3)), L(listed.keys.size(3)),
+        index_batch(listed.keys.size(0)), index_heads(listed.keys.size(1)), scale(static_cast<scalar_t>(s)),
         q(q_.data_ptr<scalar_t>()), k(k_.data_ptr<scalar_t>()), v(v_.data_ptr<scalar_t>()),
-        indices(idx.data_ptr<int64_t>()) {}
+        keys(listed.keys.data_ptr<int64_t>()), counts(listed.counts.data_ptr<int64_t>()) {}
 
   int64_t dim() const { return kDim > 0 ? kDim : D; }
 
@@ -130,10 +161,13 @@ struct Problem {
   int64_t index_set(int64_t b, int64_t h) const {
     return (index_batch == 1 ? 0 : b) * index_heads + (index_heads == 1 ? 0 : h);
   }
-  const int64_t* slots(int64_t row) const {  // row = (b H + h) Tq + i
+  int64_t list_row(int64_t row) const {  // row = (b H + h) Tq + i
     const int64_t bh = row / Tq;
-    return indices + (index_set(bh / H, bh % H) * Tq + row % Tq) * L;
+    return index_set(bh / H, bh % H) * Tq + row % Tq;
   }
+  // The keys row lists, the first `listed(row)` of them valid.
+  const int64_t* slots(int64_t row) const { return keys + list_row(row) * L; }
+  int64_t listed(int64_t row) const { return counts[list_row(row)]; }
   const scalar_t* key(int64_t bh, int64_t j) const { return k + (bh * Tk + j) * dim(); }
   const scalar_t* value(int64_t bh, int64_t j) const { return v + (bh * Tk + j) * dim(); }
 };
@@ -147,23 +181,22 @@ constexpr int64_t kPrefetchDistance = 4;
 template <bool kWrite = false, class scalar_t, int kDim>
 [[gnu::always_inline]] inline void prefetch_row(const Problem<scalar_t, kDim>& p, const int64_t* slots, int64_t l,
                                                 const scalar_t* rows) {
-  if (l >= p.L || slots[l] < 0) return;
+  if (l >= p.L || slots[l] < 0) return;  // past the row's listed keys
   const char* row = reinterpret_cast<const char*>(rows + slots[l] * p.dim());
   for (int64_t byte = 0; byte < p.dim() * static_cast<int64_t>(sizeof(scalar_t)); byte += 64) {
     __builtin_prefetch(row + byte, kWrite);
   }
 }
 
-// scores[l] = scale q_i . k_j of every valid slot; returns the largest (-inf for none).
+// scores[l] = scale q_i . k_j of every listed key; returns the largest (-inf for none).
 template <class scalar_t, int kDim>
 [[gnu::always_inline]] inline scalar_t row_scores(const Problem<scalar_t, kDim>& p, int64_t row, scalar_t* scores) {
   const int64_t bh = row / p.Tq;
   const int64_t* slots = p.slots(row);
   const scalar_t* query = p.q + row * p.dim();
   scalar_t row_max = -math::infinity<scalar_t>();
-  for (int64_t l = 0; l < p.L; ++l) {
+  for (int64_t l = 0, listed = p.listed(row); l < listed; ++l) {
     prefetch_row(p, slots, l + kPrefetchDistance, p.key(bh, 0));
-    if (slots[l] < 0) continue;
     scores[l] = p.scale * dot(query, p.key(bh, slots[l]), p.dim());
     row_max = math::max_(row_max, scores[l]);
   }
@@ -183,8 +216,6 @@ void with_head_dim(int64_t D, const F& f) {
   }
 }
 
-at::Tensor as_long(const at::Tensor& indices) { return indices.to(at::kLong).contiguous(); }
-
 void check_cpu_dtype(const at::Tensor& q) {
   TORCH_CHECK_TYPE(q.scalar_type() == at::kFloat || q.scalar_type() == at::kDouble,
                    "sparse_attention on the CPU takes float32 or float64, got ", q.scalar_type());
@@ -196,13 +227,14 @@ std::tuple<at::Tensor, at::Tensor> sparse_attention_forward_cpu(const at::Tensor
   sparse_host::check_inputs(q_in, k_in, v_in, indices_in);
   sparse_host::check_index_values(indices_in, k_in.size(2));
   check_cpu_dtype(q_in);
-  const at::Tensor q = q_in.contiguous(), k = k_in.contiguous(), v = v_in.contiguous(), indices = as_long(indices_in);
+  const at::Tensor q = q_in.contiguous(), k = k_in.contiguous(), v = v_in.contiguous();
+  const ListedKeys listed = listed_keys(indices_in);
   at::Tensor out = new_output(q.sizes(), q.options());
   at::Tensor lse = new_output({q.size(0), q.size(1), q.size(2)}, q.options());
   AT_DISPATCH_FLOATING_TYPES(q.scalar_type(), "sparse_attention_forward_cpu", [&] {
     with_head_dim(q.size(3), [&](auto dim) {
       constexpr int kDim = decltype(dim)::value;
-      const Problem<scalar_t, kDim> p(q, k, v, indices, scale);
+      const Problem<scalar_t, kDim> p(q, k, v, listed, scale);
       scalar_t* out_data = out.data_ptr<scalar_t>();
       scalar_t* lse_data = lse.data_ptr<scalar_t>();
       parallel_blocks(p.B * p.H * p.Tq, kRowsPerTask, [&](int64_t begin, int64_t end) FASTATTN_INLINE_BLOCK {
@@ -210,17 +242,17 @@ std::tuple<at::Tensor, at::Tensor> sparse_attention_forward_cpu(const at::Tensor
         for (int64_t row = begin; row < end; ++row) {
           const int64_t bh = row / p.Tq;
           const int64_t* slots = p.slots(row);
+          const int64_t listed = p.listed(row);
           const scalar_t row_max = row_scores(p, row, scores.data());
           scalar_t sum = 0;
-          for (int64_t l = 0; l < p.L; ++l) {  // scores become their shifted_exp terms
-            if (slots[l] >= 0) sum += scores[l] = math::shifted_exp(scores[l], row_max);
+          for (int64_t l = 0; l < listed; ++l) {  // scores become their shifted_exp terms
+            sum += scores[l] = math::shifted_exp(scores[l], row_max);
           }
           RowSum<scalar_t, kInRegisters<scalar_t, kDim> ? kDim : 0> row_sum;
           scalar_t* dst = out_data + row * p.dim();
           if (!kInRegisters<scalar_t, kDim>) std::fill(dst, dst + p.dim(), scalar_t(0));
-          for (int64_t l = 0; l < p.L; ++l) {
+          for (int64_t l = 0; l < listed; ++l) {
             prefetch_row(p, slots, l + kPrefetchDistance, p.value(bh, 0));
-            if (slots[l] < 0) continue;
             const scalar_t prob = math::softmax_prob_from_terms(scores[l], sum);
             if constexpr (kInRegisters<scalar_t, kDim>) {
               row_sum.add_scaled(prob, p.value(bh, slots[l]));
@@ -244,7 +276,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> sparse_attention_backward_cpu(
   sparse_host::check_index_values(indices_in, k_in.size(2));
   sparse_host::check_backward_inputs(grad_out_in, q_in, out_in, lse_in);
   check_cpu_dtype(q_in);
-  const at::Tensor q = q_in.contiguous(), k = k_in.contiguous(), v = v_in.contiguous(), indices = as_long(indices_in);
+  const at::Tensor q = q_in.contiguous(), k = k_in.contiguous(), v = v_in.contiguous();
+  const ListedKeys listed = listed_keys(indices_in);
   const at::Tensor grad_out = grad_out_in.contiguous(), out = out_in.contiguous(), lse = lse_in.contiguous();
   const int64_t pairs = q.size(0) * q.size(1), queries = q.size(2);
   const int64_t shares = std::max<int64_t>(1, std::min((kMinBackwardTasks + pairs - 1) / std::max<int64_t>(pairs, 1),
@@ -258,7 +291,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> sparse_attention_backward_cpu(
   AT_DISPATCH_FLOATING_TYPES(q.scalar_type(), "sparse_attention_backward_cpu", [&] {
     with_head_dim(q.size(3), [&](auto dim) {
       constexpr int kDim = decltype(dim)::value;
-      const Problem<scalar_t, kDim> p(q, k, v, indices, scale);
+      const Problem<scalar_t, kDim> p(q, k, v, listed, scale);
       const scalar_t* dO = grad_out.data_ptr<scalar_t>();
       const scalar_t* out_data = out.data_ptr<scalar_t>();
       const scalar_t* lse_data = lse.data_ptr<scalar_t>();
@@ -285,12 +318,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> sparse_attention_backward_cpu(
             scalar_t* dq_row = dq + row * p.dim();
             RowSum<scalar_t, kInRegisters<scalar_t, kDim> ? kDim : 0> dq_sum;  // as in the forward
             if (!kInRegisters<scalar_t, kDim>) std::fill(dq_row, dq_row + p.dim(), scalar_t(0));
-            for (int64_t l = 0; l < p.L; ++l) {
+            for (int64_t l = 0, listed = p.listed(row); l < listed; ++l) {
               prefetch_row(p, slots, l + kPrefetchDistance, p.value(bh, 0));
               prefetch_row<true>(p, slots, l + kPrefetchDistance, dk);
               prefetch_row<true>(p, slots, l + kPrefetchDistance, dv);
               const int64_t j = slots[l];
-              if (j < 0) continue;
               const scalar_t prob = math::softmax_prob(scores[l], lse_data[row]);
               const scalar_t grad_prob = dot(grad_row, p.value(bh, j), p.dim());
               const scalar_t grad_score = p.scale * math::softmax_logit_grad(prob, grad_prob, delta);
