@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from fastattn import reference
+from fastattn import masks, reference
 from fastattn.nn import SelfAttention
 from nn_cases import EMBED, HEADS, LSH_KINDS, attention, inputs, padding
 
@@ -136,3 +136,23 @@ def test_performer_approximates_softmax_attention():
     _, got = approximate(x, need_weights=True)
     assert (got - want).abs().max() < 0.1 * want.max()
     assert (got - want).abs().mean() < 0.05 * want.mean()
+
+
+@pytest.mark.parametrize("global_idx", [(0,), (0, 9, 30)])
+def test_local_global_equals_dense_attention_over_its_pattern(global_idx):
+    """The module attends from the global queries densely and from the others through
+    sparse_attention; together they must be softmax attention restricted to
+    masks.local_global's pattern (the global rows list every key), padding included."""
+    module = attention("local_global", dtype=torch.float64, window=2, global_idx=global_idx)
+    x, mask = inputs(3, 20, seed=26, dtype=torch.float64), padding(3, 20, seed=26)
+    mask[2, :] = True  # one item fully padded: zeros
+    q, k, v = (heads(module, x, block) for block in range(3))
+    pattern = masks.local_global(20, 2, [g for g in global_idx if g < 20])[0, 0]
+    allowed = torch.zeros(20, 21, dtype=torch.bool).scatter_(1, torch.where(pattern >= 0, pattern, 20), True)
+    allowed = allowed[:, :20] & ~mask[:, None, None, :]
+    has_key = allowed.any(-1, keepdim=True)
+    scores = (q @ k.transpose(-1, -2) / module.head_dim ** 0.5).masked_fill(~allowed, float("-inf"))
+    probs = torch.softmax(scores.masked_fill(~has_key, 0), dim=-1) * has_key
+    out, weights = module(x, key_padding_mask=mask, need_weights=True)
+    torch.testing.assert_close(out, merge(module, probs @ v))
+    torch.testing.assert_close(weights, probs)

@@ -38,10 +38,13 @@ def fixed(T: int, stride: int, summary: int, *, causal: bool = False, device=Non
     return _rows(torch.cat([block, columns.expand(T, -1)], dim=1), T, causal)
 
 
-def local_global(T: int, window: int, global_idx, *, causal: bool = False, device=None) -> torch.Tensor:
+def local_global(T: int, window: int, global_idx, *, causal: bool = False, global_queries: bool = True,
+                 device=None) -> torch.Tensor:
     """Keys j with |i - j| <= window, or j in global_idx, or i in global_idx (a global
     query attends to every key): the local plus global pattern of QDS-Transformer and
-    Longformer. With any global query, L is T."""
+    Longformer. With any global query, L is T. global_queries=False leaves out the last
+    rule (the global tokens are then keys only, L is at most 2 window + 1 + len(global_idx)),
+    for a caller that attends from the global queries densely instead."""
     _check_length(T)
     if not (isinstance(window, int) and window >= 0):
         raise ValueError(f"window must be a non-negative integer, got {window!r}")
@@ -50,7 +53,7 @@ def local_global(T: int, window: int, global_idx, *, causal: bool = False, devic
         raise ValueError(f"global_idx must hold positions in [0, {T}), got {global_idx.tolist()}")
     i = torch.arange(T, device=device)[:, None]
     candidates = [i + torch.arange(-window, window + 1, device=device), global_idx.expand(T, -1)]
-    if global_idx.numel():
+    if global_idx.numel() and global_queries:
         is_global = torch.zeros(T, dtype=torch.bool, device=device)
         is_global[global_idx] = True
         everything = torch.arange(T, device=device).expand(T, -1)

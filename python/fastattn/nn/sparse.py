@@ -118,12 +118,15 @@ class LocalGlobalAttention(PatternAttention):
     """Local plus global attention (QDS-Transformer, Longformer): keys j with
     |i - j| <= window, every key for a global query, every global key for any query.
 
+    The global queries attend densely (one (G, T) block of scores per head); every other
+    query goes through sparse_attention over its window and the global keys, so the key
+    lists stay 2 window + 1 + G wide instead of T (as one (T, L) list with the global rows
+    in it would be): time and memory O(T (window + G)).
+
     Options:
         window: local half-width (default 16 frames, 160 ms each side).
         global_idx: positions of the global tokens (default (0,), the first frame); those
-            beyond a sequence's length are ignored. A global query lists every key, so
-            every row gets T slots (L = T): time and memory O(T^2) like `full`. Pass
-            global_idx=() for a purely local pattern, O(T window).
+            beyond a sequence's length are ignored. global_idx=() is purely local.
         shared_qk: shared-QK keys (default False: not a paper row, and QDS-Transformer and
             Longformer project keys separately).
     """
@@ -135,9 +138,31 @@ class LocalGlobalAttention(PatternAttention):
         global_idx = tuple(int(g) for g in global_idx)
         if any(g < 0 for g in global_idx):
             raise ValueError(f"global_idx must hold non-negative positions, got {global_idx}")
+        self.global_idx = global_idx
         super().__init__(max_len, shared_qk, functools.partial(_local_global, window=window, global_idx=global_idx))
+
+    def forward(self, q, k, v, key_padding_mask, need_weights):
+        if self.shared_qk:
+            k = keys_from_queries(q)
+        length = q.shape[2]
+        out, weights = attend_slots(q, k, v, self.indices(length, q.device), key_padding_mask=key_padding_mask,
+                                    shared_qk=self.shared_qk, need_weights=need_weights)
+        rows = [g for g in self.global_idx if g < length]
+        if not rows:
+            return out, weights
+        rows = torch.tensor(rows, device=q.device)
+        allowed = torch.ones(1, 1, len(rows), length, dtype=torch.bool, device=q.device)
+        if key_padding_mask is not None:
+            allowed = allowed & ~key_padding_mask[:, None, None, :]
+        if self.shared_qk:
+            allowed = exclude_self(allowed, rows[:, None] == torch.arange(length, device=q.device))
+        probs = masked_softmax(q[:, :, rows] @ k.transpose(-1, -2) * q.shape[-1] ** -0.5, allowed)
+        out = out.index_copy(2, rows, probs @ v)  # not in place: sparse_attention saved `out`
+        return out, (weights.index_copy(2, rows, probs) if need_weights else None)
 
 
 def _local_global(length: int, *, window: int, global_idx: tuple[int, ...], device=None) -> torch.Tensor:
-    """masks.local_global with the global positions a sequence of `length` has."""
-    return masks.local_global(length, window, [g for g in global_idx if g < length], device=device)
+    """masks.local_global with the global positions a sequence of `length` has, as keys only:
+    the module attends from the global queries itself."""
+    return masks.local_global(length, window, [g for g in global_idx if g < length], global_queries=False,
+                              device=device)
