@@ -44,20 +44,6 @@ struct HeadGroups {
   }
 };
 
-// lse of every row of (n, T, T) scores into the contiguous (n, T) lse_rows, by the two
-// passes of softmax_math.h: ATen's vectorised exp does the bulk, the header the per-row rule.
-template <class scalar_t>
-void row_logsumexp(const at::Tensor& scores, at::Tensor lse_rows) {
-  const at::Tensor row_max = std::get<0>(scores.max(-1, /*keepdim=*/true));
-  const at::Tensor finite_max = row_max.masked_fill(row_max.isneginf(), 0);  // rows with no key
-  const at::Tensor sums = (scores - finite_max).exp_().sum(-1).contiguous();
-  const at::Tensor maxima = row_max.contiguous();
-  const scalar_t* max_data = maxima.data_ptr<scalar_t>();
-  const scalar_t* sum_data = sums.data_ptr<scalar_t>();
-  scalar_t* lse = lse_rows.data_ptr<scalar_t>();
-  for (int64_t row = 0; row < sums.numel(); ++row) lse[row] = math::softmax_lse(max_data[row], sum_data[row]);
-}
-
 // P = exp(scores - lse) (softmax_prob): zero on padded keys (-inf scores) and on rows
 // with no key (lse = +inf).
 at::Tensor probabilities(const at::Tensor& scores, const at::Tensor& lse_rows) {
@@ -247,11 +233,14 @@ std::tuple<at::Tensor, at::Tensor> fixed_attention_forward_cpu(const at::Tensor&
         masked_forward_group<scalar_t>(logits, v, *mask, keep, out, lse, h0, n);
         continue;
       }
-      const at::Tensor scores = logits.narrow(0, h0, n);
-      const at::Tensor lse_rows = lse[0].narrow(0, h0, n);
-      row_logsumexp<scalar_t>(scores, lse_rows);
-      const at::Tensor probs = probabilities(scores, lse_rows);
-      out.narrow(1, h0, n).copy_(columns_as_batch(at::bmm(probs, batch_as_columns(v, h0, n)), B, D));
+      // One pass of exponentials, normalised after the product: out = (E @ V) / s. The
+      // row's own maximum gives s >= 1, except in a row of -inf logits (s = 0: zeros).
+      const SharedExponentials shared(logits, h0, n);
+      const at::Tensor sums = shared.exps.sum(-1, /*keepdim=*/true);  // (n, T, 1)
+      const at::Tensor inverse = sums.reciprocal().masked_fill_(sums == 0, 0);
+      const at::Tensor products = at::bmm(shared.exps, batch_as_columns(v, h0, n)) * inverse;
+      out.narrow(1, h0, n).copy_(columns_as_batch(products, B, D));
+      lse[0].narrow(0, h0, n).copy_((shared.row_max + sums.log()).masked_fill_(sums == 0, std::numeric_limits<double>::infinity()).squeeze(-1));
     }
   });
   return {out, lse};
