@@ -98,15 +98,19 @@ at::Tensor transform_rows(const at::Tensor& x_in, const lsh_host::TransformSetup
   return out;
 }
 
-at::Tensor mips_transform_cpu(const at::Tensor& x, c10::string_view scheme, c10::string_view role,
+// Both wrappers make x contiguous once, as the CUDA ones do: the squared norms and the
+// transform would otherwise each copy a strided x (heads split off a projection).
+at::Tensor mips_transform_cpu(const at::Tensor& x_in, c10::string_view scheme, c10::string_view role,
                               const std::optional<at::Tensor>& mask, const std::optional<at::Tensor>& keys, int64_t m,
                               double U) {
+  const at::Tensor x = x_in.contiguous();
   return transform_rows(x, transform_setup(x, scheme, role, mask, keys, m, U), mask).to(x.scalar_type());
 }
 
-at::Tensor alsh_hash_cpu(const at::Tensor& x, c10::string_view scheme, c10::string_view role,
+at::Tensor alsh_hash_cpu(const at::Tensor& x_in, c10::string_view scheme, c10::string_view role,
                          const at::Tensor& projections, const std::optional<at::Tensor>& mask,
                          const std::optional<at::Tensor>& keys, int64_t m, double U) {
+  const at::Tensor x = x_in.contiguous();
   const auto setup = transform_setup(x, scheme, role, mask, keys, m, U);
   lsh_host::check_projections(projections, x.size(3) + mips::extra_dims(setup.scheme, setup.m), x);
   const int64_t n_bits = projections.size(0), words = (n_bits + 63) / 64;
