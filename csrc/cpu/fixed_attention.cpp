@@ -1,18 +1,19 @@
 // fixed_attention on the CPU: the masked softmax by the rules of softmax_math.h, with
 // ATen's vectorised exp and its matrix products doing the bulk work.
 //
-// Without a key padding mask the probabilities P (T, T) of a head are built once and
-// shared by the whole batch: the forward is one product P @ V[:, h], and the gradient
-// of the logits, summed over the batch, is P * (dO V^T - delta) with the batch folded
-// into the inner dimension of a single product.
+// The exponentials E = exp(logits - m), m the row maximum over all keys, are computed once
+// per head and shared by the whole batch. Without a key padding mask the forward is one
+// product (E @ V[:, h]) / s, s the row sums of E, and the gradient of the logits, summed
+// over the batch, is P * (dO V^T - delta) with the batch folded into the inner dimension of
+// a single product.
 //
-// With a mask the exponentials are still shared (SPEC section 5): E = exp(logits - m),
-// m the row maximum over all keys, and item b, with keep_b = 1 on its valid keys, gets
+// With a mask the exponentials are still shared (SPEC section 5): item b, with keep_b = 1
+// on its valid keys, gets
 //   out_b = (E @ (keep_b V_b)) / s_b,   s_b = E @ keep_b   (its softmax normaliser),
 // so the whole batch is one product E @ [keep_1 V_1 | keep_1 | ... | keep_B V_B | keep_B]
 // per head, as unpadded. The backward folds the batch the same way (see
 // masked_backward_group). A row whose valid keys carry almost no mass against m (s_b
-// below kSafeMass, or no valid key at all) would lose precision to underflow there: such
+// below safe_mass(), or no valid key at all) would lose precision to underflow there: such
 // rows are redone exactly, one by one.
 
 #include <ATen/ATen.h>
