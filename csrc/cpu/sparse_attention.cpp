@@ -1,5 +1,7 @@
 // sparse_attention on the CPU: one query row at a time over its list of keys, with the
-// softmax rules of softmax_math.h.
+// softmax rules of softmax_math.h. A row's loops run in passes over arrays of its slots
+// (the dot products eight slots at a time, the exponentials a vector at a time, then the
+// weighted sum of rows), the vector pieces coming from vector_lanes.h.
 //
 // The backward makes one pass over the query rows of each (batch, head) and adds every
 // slot's terms to dK and dV of that (batch, head) as it goes. One task owns all rows of a
@@ -20,6 +22,7 @@
 #include "fastattn/softmax_math.h"
 #include "fastattn/sparse_attention_host.h"
 #include "instruction_sets.h"
+#include "vector_lanes.h"
 
 namespace fastattn {
 namespace {
@@ -31,83 +34,6 @@ constexpr int64_t kRowsPerTask = 16;
 constexpr int64_t kMinBackwardTasks = 16;
 
 using cpu::parallel_blocks;
-
-// 32 bytes of scalar_t as one GCC vector: an AVX register in the AVX2 copy, two SSE
-// registers in the baseline one. Written as vectors because GCC left the scalar form of
-// the dot product below (sixteen partial sums, then halving steps) mostly scalar.
-template <class scalar_t>
-struct Vector32;
-template <>
-struct Vector32<float> {
-  typedef float type __attribute__((vector_size(32)));
-};
-template <>
-struct Vector32<double> {
-  typedef double type __attribute__((vector_size(32)));
-};
-
-// Two vectors of partial sums, so independent FMA chains run side by side, folded by
-// halving steps at the end.
-template <class scalar_t>
-[[gnu::always_inline]] inline scalar_t dot(const scalar_t* a, const scalar_t* b, int64_t n) {
-  using Vec = typename Vector32<scalar_t>::type;
-  constexpr int kWidth = sizeof(Vec) / sizeof(scalar_t);
-  // Products of kWidth elements from d, added to `sum`; by reference, since returning a
-  // vector type from a function changes the ABI between the copies.
-  const auto add_products = [a, b](Vec& sum, int64_t d) FASTATTN_INLINE_BLOCK {
-    Vec x, y;
-    std::memcpy(&x, a + d, sizeof(Vec));
-    std::memcpy(&y, b + d, sizeof(Vec));
-    sum += x * y;
-  };
-  Vec first = {}, second = {};
-  int64_t d = 0;
-  for (; d + 2 * kWidth <= n; d += 2 * kWidth) {
-    add_products(first, d);
-    add_products(second, d + kWidth);
-  }
-  for (; d + kWidth <= n; d += kWidth) add_products(first, d);
-  first += second;
-  scalar_t lanes[kWidth];
-  std::memcpy(lanes, &first, sizeof(Vec));
-#pragma GCC unroll 4
-  for (int width = kWidth / 2; width > 0; width /= 2) {
-#pragma GCC unroll 4
-    for (int u = 0; u < width; ++u) lanes[u] += lanes[u + width];
-  }
-  for (; d < n; ++d) lanes[0] += a[d] * b[d];
-  return lanes[0];
-}
-
-// A row of kDim sums (kDim a multiple of the vector width) held in vector registers: as a
-// plain local array GCC split it into kDim scalar registers and scalar FMAs.
-template <class scalar_t, int kDim>
-struct RowSum {
-  using Vec = typename Vector32<scalar_t>::type;
-  static constexpr int kWidth = sizeof(Vec) / sizeof(scalar_t);
-  Vec parts[kDim / kWidth] = {};
-
-  [[gnu::always_inline]] void add_scaled(scalar_t alpha, const scalar_t* x) {
-    for (int c = 0; c < kDim / kWidth; ++c) {
-      Vec row;
-      std::memcpy(&row, x + c * kWidth, sizeof(Vec));
-      parts[c] += alpha * row;
-    }
-  }
-  [[gnu::always_inline]] void store(scalar_t* dst) const { std::memcpy(dst, parts, sizeof(parts)); }
-};
-
-// Whether a row of kDim sums goes in registers (RowSum): a short row fixed at compile time
-// is summed there, not through memory (a store and a reload per slot); a longer one would
-// not fit.
-template <class scalar_t, int kDim>
-constexpr bool kInRegisters = kDim > 0 && kDim * sizeof(scalar_t) <= 128;
-
-template <class scalar_t>
-[[gnu::always_inline]] inline void add_scaled(scalar_t* __restrict__ y, scalar_t alpha, const scalar_t* __restrict__ x,
-                                              int64_t n) {
-  for (int64_t d = 0; d < n; ++d) y[d] += alpha * x[d];
-}
 
 // Each row of indices with its listed keys moved to the front, in slot order, and their
 // number: the loops then run over the listed keys only. Rows of a mask differ in length
@@ -172,35 +98,128 @@ struct Problem {
   const scalar_t* value(int64_t bh, int64_t j) const { return v + (bh * Tk + j) * dim(); }
 };
 
-// Random key lists miss the caches on every row; asking for a row a few slots ahead
-// overlaps those misses with the arithmetic on the current one.
-constexpr int64_t kPrefetchDistance = 4;
+// Random key lists miss the caches on every row; asking for the rows of the next block of
+// slots overlaps those misses with the arithmetic on the current one.
+constexpr int64_t kSlotBlock = 8;  // slots per step of row_dots: eight_dots's width
 
-// Asks for row slots[l] of `rows`, one (batch, head)'s (Tk, D) matrix; kWrite when the
-// row will be updated in place.
+// The row scratch of one task: kSlotBlock more than the widest list, so a block of slots
+// never runs past it.
+template <class scalar_t>
+std::vector<scalar_t> row_buffer(int64_t L) {
+  return std::vector<scalar_t>(L + kSlotBlock);
+}
+
+// Asks for row slots[l] of `rows` (one (batch, head)'s (Tk, D) matrix) for l in [from, to);
+// kWrite when the rows will be updated in place.
 template <bool kWrite = false, class scalar_t, int kDim>
-[[gnu::always_inline]] inline void prefetch_row(const Problem<scalar_t, kDim>& p, const int64_t* slots, int64_t l,
-                                                const scalar_t* rows) {
-  if (l >= p.L || slots[l] < 0) return;  // past the row's listed keys
-  const char* row = reinterpret_cast<const char*>(rows + slots[l] * p.dim());
-  for (int64_t byte = 0; byte < p.dim() * static_cast<int64_t>(sizeof(scalar_t)); byte += 64) {
-    __builtin_prefetch(row + byte, kWrite);
+[[gnu::always_inline]] inline void prefetch_rows(const Problem<scalar_t, kDim>& p, const int64_t* slots, int64_t from,
+                                                 int64_t to, const scalar_t* rows) {
+  for (int64_t l = from; l < to; ++l) {
+    const char* row = reinterpret_cast<const char*>(rows + slots[l] * p.dim());
+    for (int64_t byte = 0; byte < p.dim() * static_cast<int64_t>(sizeof(scalar_t)); byte += 64) {
+      __builtin_prefetch(row + byte, kWrite);
+    }
   }
 }
 
-// scores[l] = scale q_i . k_j of every listed key; returns the largest (-inf for none).
+// Whether float rows of kDim take eight_dots: a query held in at most eight vectors.
 template <class scalar_t, int kDim>
-[[gnu::always_inline]] inline scalar_t row_scores(const Problem<scalar_t, kDim>& p, int64_t row, scalar_t* scores) {
-  const int64_t bh = row / p.Tq;
-  const int64_t* slots = p.slots(row);
-  const scalar_t* query = p.q + row * p.dim();
-  scalar_t row_max = -math::infinity<scalar_t>();
-  for (int64_t l = 0, listed = p.listed(row); l < listed; ++l) {
-    prefetch_row(p, slots, l + kPrefetchDistance, p.key(bh, 0));
-    scores[l] = p.scale * dot(query, p.key(bh, slots[l]), p.dim());
-    row_max = math::max_(row_max, scores[l]);
+constexpr bool kEightAtOnce = std::is_same_v<scalar_t, float> && kDim > 0 && kDim % 8 == 0 && kDim <= 64;
+
+// dots[l] = scale * (x . rows[slots[l]]) for the first `listed` slots, where `rows` is one
+// (batch, head)'s (Tk, D) matrix. Float rows go eight at a time (eight_dots; the last
+// block repeats the last slot's row and its extra results land in the scratch past
+// `listed`), others one at a time.
+template <class scalar_t, int kDim>
+[[gnu::always_inline]] inline void row_dots(const Problem<scalar_t, kDim>& p, const scalar_t* x,
+                                            const scalar_t* rows, const int64_t* slots, int64_t listed,
+                                            scalar_t scale, scalar_t* dots) {
+  if constexpr (kEightAtOnce<scalar_t, kDim>) {
+    cpu::RowVector<float, kDim> query;
+    query.load_from(x);
+    const float* block[kSlotBlock];
+    for (int64_t l = 0; l < listed; l += kSlotBlock) {
+      prefetch_rows(p, slots, std::min(l + kSlotBlock, listed), std::min(l + 2 * kSlotBlock, listed), rows);
+      for (int64_t r = 0; r < kSlotBlock; ++r) block[r] = rows + slots[std::min(l + r, listed - 1)] * kDim;
+      cpu::eight_dots(query, block, dots + l);
+    }
+  } else {
+    for (int64_t l = 0; l < listed; ++l) {
+      prefetch_rows(p, slots, std::min(l + 4, listed), std::min(l + 5, listed), rows);
+      dots[l] = cpu::dot(x, rows + slots[l] * p.dim(), p.dim());
+    }
   }
+  for (int64_t l = 0; l < listed; ++l) dots[l] *= scale;
+}
+
+// The largest of scores[0, listed), -inf for none; scores past `listed` (up to the next
+// multiple of the vector width) are set to -inf, so that vector loops may run over them.
+template <class scalar_t>
+[[gnu::always_inline]] inline scalar_t row_max_padded(scalar_t* scores, int64_t listed) {
+  constexpr int kWidth = cpu::kLanes<scalar_t>;
+  const int64_t padded = (listed + kWidth - 1) / kWidth * kWidth;
+  std::fill(scores + listed, scores + padded, -math::infinity<scalar_t>());
+  cpu::Vec32<scalar_t> largest = cpu::Vec32<scalar_t>{} - math::infinity<scalar_t>(), block;
+  for (int64_t l = 0; l < padded; l += kWidth) {
+    cpu::load(block, scores + l);
+    largest = largest > block ? largest : block;
+  }
+  scalar_t lanes[kWidth];
+  std::memcpy(lanes, &largest, sizeof(largest));
+  scalar_t row_max = lanes[0];
+  for (int u = 1; u < kWidth; ++u) row_max = math::max_(row_max, lanes[u]);
   return row_max;
+}
+
+// terms[l] = exp(terms[l] - shift) for l in [0, count), count rounded up to the vector
+// width (row_max_padded's -inf padding gives 0 there); returns the sum of the terms.
+// `shift` is finite. Float rows go through cpu::exp_in_place, double ones through math::exp_.
+template <class scalar_t>
+[[gnu::always_inline]] inline scalar_t exp_shifted(scalar_t* terms, int64_t count, scalar_t shift) {
+  constexpr int kWidth = cpu::kLanes<scalar_t>;
+  cpu::Vec32<scalar_t> sum = {}, block;
+  for (int64_t l = 0; l < count; l += kWidth) {
+    cpu::load(block, terms + l);
+    block -= shift;
+    if constexpr (std::is_same_v<scalar_t, float>) {
+      cpu::exp_in_place(block);
+    } else {
+      for (int u = 0; u < kWidth; ++u) block[u] = math::exp_(block[u]);
+    }
+    std::memcpy(terms + l, &block, sizeof(block));
+    sum += block;
+  }
+  return cpu::lane_sum<scalar_t>(sum);
+}
+
+// sum_l weights[l] * rows[slots[l]] of the first `listed` slots, times `scale`, into dst.
+// Rows of two vectors or fewer alternate between two sums, so that the additions of one
+// slot do not wait on those of the one before.
+template <class scalar_t, int kDim>
+[[gnu::always_inline]] inline void weighted_rows(const Problem<scalar_t, kDim>& p, const scalar_t* weights,
+                                                 const scalar_t* rows, const int64_t* slots, int64_t listed,
+                                                 scalar_t scale, scalar_t* dst) {
+  if constexpr (cpu::kInRegisters<scalar_t, kDim>) {
+    using Row = cpu::RowVector<scalar_t, kDim>;
+    constexpr bool kTwoSums = Row::kParts <= 2;
+    Row even, odd;
+    for (int64_t l = 0; l < listed; ++l) {
+      if (l % kSlotBlock == 0) {
+        prefetch_rows(p, slots, std::min(l + kSlotBlock, listed), std::min(l + 2 * kSlotBlock, listed), rows);
+      }
+      (kTwoSums && l % 2 ? odd : even).add_scaled(weights[l], rows + slots[l] * kDim);
+    }
+    if (kTwoSums) even.add(odd);
+    even.store_scaled(dst, scale);
+  } else {
+    std::fill(dst, dst + p.dim(), scalar_t(0));
+    for (int64_t l = 0; l < listed; ++l) {
+      prefetch_rows(p, slots, std::min(l + 4, listed), std::min(l + 5, listed), rows);
+      const scalar_t* row = rows + slots[l] * p.dim();
+      for (int64_t d = 0; d < p.dim(); ++d) dst[d] += weights[l] * row[d];
+    }
+    for (int64_t d = 0; d < p.dim(); ++d) dst[d] *= scale;
+  }
 }
 
 // f(std::integral_constant<int, kDim>) with kDim = D for the head sizes worth a copy of
@@ -238,29 +257,22 @@ std::tuple<at::Tensor, at::Tensor> sparse_attention_forward_cpu(const at::Tensor
       scalar_t* out_data = out.data_ptr<scalar_t>();
       scalar_t* lse_data = lse.data_ptr<scalar_t>();
       parallel_blocks(p.B * p.H * p.Tq, kRowsPerTask, [&](int64_t begin, int64_t end) FASTATTN_INLINE_BLOCK {
-        std::vector<scalar_t> scores(p.L);
+        std::vector<scalar_t> terms = row_buffer<scalar_t>(p.L);
         for (int64_t row = begin; row < end; ++row) {
           const int64_t bh = row / p.Tq;
           const int64_t* slots = p.slots(row);
           const int64_t listed = p.listed(row);
-          const scalar_t row_max = row_scores(p, row, scores.data());
-          scalar_t sum = 0;
-          for (int64_t l = 0; l < listed; ++l) {  // scores become their shifted_exp terms
-            sum += scores[l] = math::shifted_exp(scores[l], row_max);
-          }
-          RowSum<scalar_t, kInRegisters<scalar_t, kDim> ? kDim : 0> row_sum;
           scalar_t* dst = out_data + row * p.dim();
-          if (!kInRegisters<scalar_t, kDim>) std::fill(dst, dst + p.dim(), scalar_t(0));
-          for (int64_t l = 0; l < listed; ++l) {
-            prefetch_row(p, slots, l + kPrefetchDistance, p.value(bh, 0));
-            const scalar_t prob = math::softmax_prob_from_terms(scores[l], sum);
-            if constexpr (kInRegisters<scalar_t, kDim>) {
-              row_sum.add_scaled(prob, p.value(bh, slots[l]));
-            } else {
-              add_scaled(dst, prob, p.value(bh, slots[l]), p.dim());
-            }
+          row_dots(p, p.q + row * p.dim(), p.key(bh, 0), slots, listed, p.scale, terms.data());
+          const scalar_t row_max = row_max_padded(terms.data(), listed);
+          if (row_max == -math::infinity<scalar_t>()) {  // no key: every shifted_exp term is 0
+            std::fill(dst, dst + p.dim(), scalar_t(0));
+            lse_data[row] = math::softmax_lse(row_max, scalar_t(0));
+            continue;
           }
-          if constexpr (kInRegisters<scalar_t, kDim>) row_sum.store(dst);
+          const scalar_t sum = exp_shifted(terms.data(), listed, row_max);
+          // The terms unnormalised, one division per row: sum >= 1, the largest key's term being exp(0).
+          weighted_rows(p, terms.data(), p.value(bh, 0), slots, listed, 1 / sum, dst);
           lse_data[row] = math::softmax_lse(row_max, sum);
         }
       });
@@ -302,7 +314,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> sparse_attention_backward_cpu(
         return base + bh * p.Tk * p.dim();
       };
       parallel_blocks(pairs * shares, 1, [&](int64_t begin, int64_t end) FASTATTN_INLINE_BLOCK {
-        std::vector<scalar_t> scores(p.L);
+        std::vector<scalar_t> probs = row_buffer<scalar_t>(p.L), grad_scores = row_buffer<scalar_t>(p.L);
         for (int64_t task = begin; task < end; ++task) {
           const int64_t share = task / pairs, bh = task % pairs;
           scalar_t* dk = share_rows(grad_k, extra_grad_k, share, bh);
@@ -311,30 +323,34 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> sparse_attention_backward_cpu(
           const int64_t last = bh * p.Tq + std::min(p.Tq, (share + 1) * rows_per_share);
           for (int64_t row = first; row < last; ++row) {
             const int64_t* slots = p.slots(row);
+            const int64_t listed = p.listed(row);
             const scalar_t* query = p.q + row * p.dim();
             const scalar_t* grad_row = dO + row * p.dim();
-            const scalar_t delta = dot(grad_row, out_data + row * p.dim(), p.dim());  // dO_i . out_i
-            row_scores(p, row, scores.data());  // the scores again; the saved lse normalises them
             scalar_t* dq_row = dq + row * p.dim();
-            RowSum<scalar_t, kInRegisters<scalar_t, kDim> ? kDim : 0> dq_sum;  // as in the forward
-            if (!kInRegisters<scalar_t, kDim>) std::fill(dq_row, dq_row + p.dim(), scalar_t(0));
-            for (int64_t l = 0, listed = p.listed(row); l < listed; ++l) {
-              prefetch_row(p, slots, l + kPrefetchDistance, p.value(bh, 0));
-              prefetch_row<true>(p, slots, l + kPrefetchDistance, dk);
-              prefetch_row<true>(p, slots, l + kPrefetchDistance, dv);
-              const int64_t j = slots[l];
-              const scalar_t prob = math::softmax_prob(scores[l], lse_data[row]);
-              const scalar_t grad_prob = dot(grad_row, p.value(bh, j), p.dim());
-              const scalar_t grad_score = p.scale * math::softmax_logit_grad(prob, grad_prob, delta);
-              if constexpr (kInRegisters<scalar_t, kDim>) {
-                dq_sum.add_scaled(grad_score, p.key(bh, j));
-              } else {
-                add_scaled(dq_row, grad_score, p.key(bh, j), p.dim());
-              }
-              add_scaled(dk + j * p.dim(), grad_score, query, p.dim());
-              add_scaled(dv + j * p.dim(), prob, grad_row, p.dim());
+            if (listed == 0 || lse_data[row] == math::infinity<scalar_t>()) {  // every probability is 0
+              std::fill(dq_row, dq_row + p.dim(), scalar_t(0));
+              continue;
             }
-            if constexpr (kInRegisters<scalar_t, kDim>) dq_sum.store(dq_row);
+            const scalar_t delta = cpu::dot(grad_row, out_data + row * p.dim(), p.dim());  // dO_i . out_i
+            // The scores again, as probabilities through the saved lse, and dO_i . v_j.
+            row_dots(p, query, p.key(bh, 0), slots, listed, p.scale, probs.data());
+            exp_shifted(probs.data(), listed, lse_data[row]);
+            row_dots(p, grad_row, p.value(bh, 0), slots, listed, scalar_t(1), grad_scores.data());
+            for (int64_t l = 0; l < listed; ++l) {
+              grad_scores[l] = p.scale * math::softmax_logit_grad(probs[l], grad_scores[l], delta);
+            }
+            weighted_rows(p, grad_scores.data(), p.key(bh, 0), slots, listed, scalar_t(1), dq_row);
+            for (int64_t l = 0; l < listed; ++l) {
+              if (l % kSlotBlock == 0) {
+                const int64_t from = std::min(l + kSlotBlock, listed), to = std::min(l + 2 * kSlotBlock, listed);
+                prefetch_rows<true>(p, slots, from, to, dk);
+                prefetch_rows<true>(p, slots, from, to, dv);
+              }
+              scalar_t* dk_row = dk + slots[l] * p.dim();
+              scalar_t* dv_row = dv + slots[l] * p.dim();
+              for (int64_t d = 0; d < p.dim(); ++d) dk_row[d] += grad_scores[l] * query[d];
+              for (int64_t d = 0; d < p.dim(); ++d) dv_row[d] += probs[l] * grad_row[d];
+            }
           }
         }
       });
