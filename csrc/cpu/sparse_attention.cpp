@@ -222,6 +222,30 @@ template <class scalar_t, int kDim>
   }
 }
 
+// grads[slots[l]] += weights[l] * x for the first `listed` slots, where `grads` is one
+// (batch, head)'s (Tk, D) gradient: x in registers where it fits (GCC would not vectorise
+// the plain loop, unable to rule out that x and grads overlap).
+template <class scalar_t, int kDim>
+[[gnu::always_inline]] inline void add_to_key_rows(const Problem<scalar_t, kDim>& p, const int64_t* slots,
+                                                   int64_t listed, const scalar_t* weights, const scalar_t* x,
+                                                   scalar_t* grads) {
+  if constexpr (cpu::kInRegisters<scalar_t, kDim>) {
+    cpu::RowVector<scalar_t, kDim> row;
+    row.load_from(x);
+    for (int64_t l = 0; l < listed; ++l) {
+      if (l % kSlotBlock == 0) {
+        prefetch_rows<true>(p, slots, std::min(l + kSlotBlock, listed), std::min(l + 2 * kSlotBlock, listed), grads);
+      }
+      row.add_scaled_to(grads + slots[l] * kDim, weights[l]);
+    }
+  } else {
+    for (int64_t l = 0; l < listed; ++l) {
+      scalar_t* grad = grads + slots[l] * p.dim();
+      for (int64_t d = 0; d < p.dim(); ++d) grad[d] += weights[l] * x[d];
+    }
+  }
+}
+
 // f(std::integral_constant<int, kDim>) with kDim = D for the head sizes worth a copy of
 // the kernels of their own, 0 (D at run time) for the rest.
 template <class F>
@@ -340,17 +364,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> sparse_attention_backward_cpu(
               grad_scores[l] = p.scale * math::softmax_logit_grad(probs[l], grad_scores[l], delta);
             }
             weighted_rows(p, grad_scores.data(), p.key(bh, 0), slots, listed, scalar_t(1), dq_row);
-            for (int64_t l = 0; l < listed; ++l) {
-              if (l % kSlotBlock == 0) {
-                const int64_t from = std::min(l + kSlotBlock, listed), to = std::min(l + 2 * kSlotBlock, listed);
-                prefetch_rows<true>(p, slots, from, to, dk);
-                prefetch_rows<true>(p, slots, from, to, dv);
-              }
-              scalar_t* dk_row = dk + slots[l] * p.dim();
-              scalar_t* dv_row = dv + slots[l] * p.dim();
-              for (int64_t d = 0; d < p.dim(); ++d) dk_row[d] += grad_scores[l] * query[d];
-              for (int64_t d = 0; d < p.dim(); ++d) dv_row[d] += probs[l] * grad_row[d];
-            }
+            add_to_key_rows(p, slots, listed, grad_scores.data(), query, dk);
+            add_to_key_rows(p, slots, listed, probs.data(), grad_row, dv);
           }
         }
       });

@@ -102,6 +102,16 @@ struct RowVector {
 #pragma GCC unroll 16
     for (int c = 0; c < kParts; ++c) parts[c] += other.parts[c];
   }
+  // y += alpha * this row, in place in memory.
+  [[gnu::always_inline]] void add_scaled_to(scalar_t* y, scalar_t alpha) const {
+#pragma GCC unroll 16
+    for (int c = 0; c < kParts; ++c) {
+      Vec row;
+      load(row, y + c * kLanes<scalar_t>);
+      row += alpha * parts[c];
+      std::memcpy(y + c * kLanes<scalar_t>, &row, sizeof(Vec));
+    }
+  }
   [[gnu::always_inline]] void store_scaled(scalar_t* dst, scalar_t alpha) const {
 #pragma GCC unroll 16
     for (int c = 0; c < kParts; ++c) {
