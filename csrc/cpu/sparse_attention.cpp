@@ -14,6 +14,7 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <limits>
 #include <cstring>
 #include <type_traits>
 #include <vector>
@@ -35,35 +36,11 @@ constexpr int64_t kMinBackwardTasks = 16;
 
 using cpu::parallel_blocks;
 
-// Each row of indices with its listed keys moved to the front, in slot order, and their
-// number: the loops then run over the listed keys only. Rows of a mask differ in length
-// (local_global's global row lists every key, the others a few dozen), so most slots of a
-// (T, L) list can be empty, and stepping over them cost more than the listed ones.
-// Skipping empty slots changes no sum: the order of the listed ones is kept.
-struct ListedKeys {
-  at::Tensor keys;    // int64, shaped like indices; -1 after the listed keys of each row
-  at::Tensor counts;  // int64 (index_batch, index_heads, Tq)
-};
-
-ListedKeys listed_keys(const at::Tensor& indices_in) {
-  const at::Tensor indices = indices_in.to(at::kLong).contiguous();
-  const int64_t L = indices.size(3), rows = indices.size(0) * indices.size(1) * indices.size(2);
-  at::Tensor keys = at::empty_like(indices);
-  at::Tensor counts = at::empty({indices.size(0), indices.size(1), indices.size(2)}, indices.options());
-  const int64_t* in = indices.data_ptr<int64_t>();
-  int64_t* out = keys.data_ptr<int64_t>();
-  int64_t* count = counts.data_ptr<int64_t>();
-  at::parallel_for(0, rows, 256, [&](int64_t begin, int64_t end) {
-    for (int64_t row = begin; row < end; ++row) {
-      int64_t listed = 0;
-      for (int64_t l = 0; l < L; ++l) {
-        if (in[row * L + l] >= 0) out[row * L + listed++] = in[row * L + l];
-      }
-      std::fill(out + row * L + listed, out + (row + 1) * L, int64_t(-1));
-      count[row] = listed;
-    }
-  });
-  return {keys, counts};
+// The indices as int32 (the values were checked to lie in [-1, Tk)), contiguous: no copy
+// for the int32 lists fastattn.masks and topk_keys make.
+at::Tensor int32_indices(const at::Tensor& indices, int64_t keys) {
+  TORCH_CHECK_VALUE(keys <= std::numeric_limits<int32_t>::max(), "sparse_attention on the CPU takes at most 2^31 - 1 keys");
+  return indices.to(at::kInt).contiguous();
 }
 
 // Shapes and raw pointers of one call, all contiguous. kDim > 0 fixes D at compile time
@@ -73,13 +50,13 @@ struct Problem {
   int64_t B, H, Tq, Tk, D, L, index_batch, index_heads;
   scalar_t scale;
   const scalar_t *q, *k, *v;
-  const int64_t *keys, *counts;
+  const int32_t* indices;
 
-  Problem(const at::Tensor& q_, const at::Tensor& k_, const at::Tensor& v_, const ListedKeys& listed, double s)
-      : B(q_.size(0)), H(q_.size(1)), Tq(q_.size(2)), Tk(k_.size(2)), D(q_.size(3)), L(listed.keys.size(3)),
-        index_batch(listed.keys.size(0)), index_heads(listed.keys.size(1)), scale(static_cast<scalar_t>(s)),
+  Problem(const at::Tensor& q_, const at::Tensor& k_, const at::Tensor& v_, const at::Tensor& indices_, double s)
+      : B(q_.size(0)), H(q_.size(1)), Tq(q_.size(2)), Tk(k_.size(2)), D(q_.size(3)), L(indices_.size(3)),
+        index_batch(indices_.size(0)), index_heads(indices_.size(1)), scale(static_cast<scalar_t>(s)),
         q(q_.data_ptr<scalar_t>()), k(k_.data_ptr<scalar_t>()), v(v_.data_ptr<scalar_t>()),
-        keys(listed.keys.data_ptr<int64_t>()), counts(listed.counts.data_ptr<int64_t>()) {}
+        indices(indices_.data_ptr<int32_t>()) {}
 
   int64_t dim() const { return kDim > 0 ? kDim : D; }
 
@@ -91,9 +68,21 @@ struct Problem {
     const int64_t bh = row / Tq;
     return index_set(bh / H, bh % H) * Tq + row % Tq;
   }
-  // The keys row lists, the first `listed(row)` of them valid.
-  const int64_t* slots(int64_t row) const { return keys + list_row(row) * L; }
-  int64_t listed(int64_t row) const { return counts[list_row(row)]; }
+  // Writes the keys `row` lists to slots, in slot order without its empty slots, and
+  // returns their number: the loops then run over listed keys only. Rows of a mask differ
+  // in length (local_global's global row lists every key, the others a few dozen), so
+  // most slots of a (T, L) list can be empty, and stepping over them cost more than the
+  // listed ones. Done per row into a task's scratch, not for the whole list up front:
+  // a (B, H, T, L) copy of int64 keys cost more in page faults than the attention.
+  int64_t listed_slots(int64_t row, int64_t* slots) const {
+    const int32_t* listed = indices + list_row(row) * L;
+    int64_t count = 0;
+    for (int64_t l = 0; l < L; ++l) {
+      slots[count] = listed[l];
+      count += listed[l] >= 0;
+    }
+    return count;
+  }
   const scalar_t* key(int64_t bh, int64_t j) const { return k + (bh * Tk + j) * dim(); }
   const scalar_t* value(int64_t bh, int64_t j) const { return v + (bh * Tk + j) * dim(); }
 };
@@ -104,9 +93,9 @@ constexpr int64_t kSlotBlock = 8;  // slots per step of row_dots: eight_dots's w
 
 // The row scratch of one task: kSlotBlock more than the widest list, so a block of slots
 // never runs past it.
-template <class scalar_t>
-std::vector<scalar_t> row_buffer(int64_t L) {
-  return std::vector<scalar_t>(L + kSlotBlock);
+template <class T>
+std::vector<T> row_buffer(int64_t L) {
+  return std::vector<T>(L + kSlotBlock);
 }
 
 // Asks for row slots[l] of `rows` (one (batch, head)'s (Tk, D) matrix) for l in [from, to);
@@ -271,21 +260,22 @@ std::tuple<at::Tensor, at::Tensor> sparse_attention_forward_cpu(const at::Tensor
   sparse_host::check_index_values(indices_in, k_in.size(2));
   check_cpu_dtype(q_in);
   const at::Tensor q = q_in.contiguous(), k = k_in.contiguous(), v = v_in.contiguous();
-  const ListedKeys listed = listed_keys(indices_in);
+  const at::Tensor indices = int32_indices(indices_in, k_in.size(2));
   at::Tensor out = new_output(q.sizes(), q.options());
   at::Tensor lse = new_output({q.size(0), q.size(1), q.size(2)}, q.options());
   AT_DISPATCH_FLOATING_TYPES(q.scalar_type(), "sparse_attention_forward_cpu", [&] {
     with_head_dim(q.size(3), [&](auto dim) {
       constexpr int kDim = decltype(dim)::value;
-      const Problem<scalar_t, kDim> p(q, k, v, listed, scale);
+      const Problem<scalar_t, kDim> p(q, k, v, indices, scale);
       scalar_t* out_data = out.data_ptr<scalar_t>();
       scalar_t* lse_data = lse.data_ptr<scalar_t>();
       parallel_blocks(p.B * p.H * p.Tq, kRowsPerTask, [&](int64_t begin, int64_t end) FASTATTN_INLINE_BLOCK {
         std::vector<scalar_t> terms = row_buffer<scalar_t>(p.L);
+        std::vector<int64_t> slot_buffer = row_buffer<int64_t>(p.L);
+        const int64_t* slots = slot_buffer.data();
         for (int64_t row = begin; row < end; ++row) {
           const int64_t bh = row / p.Tq;
-          const int64_t* slots = p.slots(row);
-          const int64_t listed = p.listed(row);
+          const int64_t listed = p.listed_slots(row, slot_buffer.data());
           scalar_t* dst = out_data + row * p.dim();
           row_dots(p, p.q + row * p.dim(), p.key(bh, 0), slots, listed, p.scale, terms.data());
           const scalar_t row_max = row_max_padded(terms.data(), listed);
@@ -313,7 +303,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> sparse_attention_backward_cpu(
   sparse_host::check_backward_inputs(grad_out_in, q_in, out_in, lse_in);
   check_cpu_dtype(q_in);
   const at::Tensor q = q_in.contiguous(), k = k_in.contiguous(), v = v_in.contiguous();
-  const ListedKeys listed = listed_keys(indices_in);
+  const at::Tensor indices = int32_indices(indices_in, k_in.size(2));
   const at::Tensor grad_out = grad_out_in.contiguous(), out = out_in.contiguous(), lse = lse_in.contiguous();
   const int64_t pairs = q.size(0) * q.size(1), queries = q.size(2);
   const int64_t shares = std::max<int64_t>(1, std::min((kMinBackwardTasks + pairs - 1) / std::max<int64_t>(pairs, 1),
@@ -327,7 +317,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> sparse_attention_backward_cpu(
   AT_DISPATCH_FLOATING_TYPES(q.scalar_type(), "sparse_attention_backward_cpu", [&] {
     with_head_dim(q.size(3), [&](auto dim) {
       constexpr int kDim = decltype(dim)::value;
-      const Problem<scalar_t, kDim> p(q, k, v, listed, scale);
+      const Problem<scalar_t, kDim> p(q, k, v, indices, scale);
       const scalar_t* dO = grad_out.data_ptr<scalar_t>();
       const scalar_t* out_data = out.data_ptr<scalar_t>();
       const scalar_t* lse_data = lse.data_ptr<scalar_t>();
@@ -339,6 +329,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> sparse_attention_backward_cpu(
       };
       parallel_blocks(pairs * shares, 1, [&](int64_t begin, int64_t end) FASTATTN_INLINE_BLOCK {
         std::vector<scalar_t> probs = row_buffer<scalar_t>(p.L), grad_scores = row_buffer<scalar_t>(p.L);
+        std::vector<int64_t> slot_buffer = row_buffer<int64_t>(p.L);
+        const int64_t* slots = slot_buffer.data();
         for (int64_t task = begin; task < end; ++task) {
           const int64_t share = task / pairs, bh = task % pairs;
           scalar_t* dk = share_rows(grad_k, extra_grad_k, share, bh);
@@ -346,8 +338,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> sparse_attention_backward_cpu(
           const int64_t first = bh * p.Tq + share * rows_per_share;
           const int64_t last = bh * p.Tq + std::min(p.Tq, (share + 1) * rows_per_share);
           for (int64_t row = first; row < last; ++row) {
-            const int64_t* slots = p.slots(row);
-            const int64_t listed = p.listed(row);
+            const int64_t listed = p.listed_slots(row, slot_buffer.data());
             const scalar_t* query = p.q + row * p.dim();
             const scalar_t* grad_row = dO + row * p.dim();
             scalar_t* dq_row = dq + row * p.dim();
