@@ -17,18 +17,35 @@ from fastattn.nn.dense import masked_softmax
 def attend_slots(q, k, v, indices, *, key_padding_mask, shared_qk: bool, need_weights: bool):
     """sparse_attention over the keys `indices` (B or 1, H or 1, T, L) lists, after emptying
     the slots that name padded keys (sparse_attention has no mask) and, under shared-QK,
-    the query's own slot unless it is the row's only valid one. Returns (out, dense
-    (B, H, T, T) weights when `need_weights`, else None)."""
-    valid = indices >= 0
+    the query's own slot unless it is the row's only valid one. Each row lists a key at
+    most once, its listed keys first (as fastattn.masks and topk_keys make them). Returns
+    (out, dense (B, H, T, T) weights when `need_weights`, else None)."""
     if key_padding_mask is not None:
         batch = torch.arange(key_padding_mask.shape[0], device=indices.device)[:, None, None, None]
-        valid = valid & ~key_padding_mask[batch, indices.clamp_min(0)]  # (B, H or 1, T, L)
+        indices = indices.masked_fill(key_padding_mask[batch, indices.clamp_min(0)], -1)  # (B, H or 1, T, L)
     if shared_qk:
-        queries = torch.arange(indices.shape[2], device=indices.device)[:, None]
-        valid = exclude_self(valid, indices == queries)
-    indices = torch.where(valid, indices, -1)
+        indices = _drop_self(indices, packed=key_padding_mask is None)
     out = ops.sparse_attention(q, k, v, indices)
     return out, (slot_weights(q, k, indices) if need_weights else None)
+
+
+def _drop_self(indices, *, packed: bool) -> torch.Tensor:
+    """indices without the slot that names the query itself, unless it is the row's only
+    listed key. In `packed` lists (listed keys first) a row lists another key exactly when
+    its slot 1 is listed: one look per row instead of a pass over every slot, which the
+    (B, H, T, L) lists of the LSH kinds made as costly as the attention."""
+    if indices.shape[-1] < 2:  # one slot: no other key to prefer
+        return indices
+    # In the indices' dtype: an int32 == int64 comparison takes a slow casting path.
+    queries = torch.arange(indices.shape[2], device=indices.device, dtype=indices.dtype)[:, None]
+    if packed:
+        # The query's position where the row lists another key, else -2 (never a slot):
+        # one comparison then finds exactly the slots to drop.
+        droppable = torch.where(indices[..., 1:2] >= 0, queries, -2)
+        return indices.masked_fill(indices == droppable, -1)
+    is_self = indices == queries
+    has_others = ((indices >= 0) & ~is_self).any(-1, keepdim=True)
+    return indices.masked_fill(is_self & has_others, -1)
 
 
 def slot_weights(q, k, indices) -> torch.Tensor:
