@@ -15,6 +15,7 @@
 
 #include <algorithm>
 #include <limits>
+#include <numeric>
 #include <cstring>
 #include <type_traits>
 #include <vector>
@@ -76,13 +77,25 @@ struct Problem {
   // a (B, H, T, L) copy of int64 keys cost more in page faults than the attention.
   int64_t listed_slots(int64_t row, int64_t* slots) const {
     const int32_t* listed = indices + list_row(row) * L;
+    // Lists usually come packed (listed keys first, as fastattn.masks and topk_keys make
+    // them): then a scan and a copy do, without the compaction's chain of each store's
+    // position on the count before it.
     int64_t count = 0;
+    while (count < L && listed[count] >= 0) ++count;
+    bool packed = true;
+    for (int64_t l = count; l < L; ++l) packed &= listed[l] < 0;
+    if (packed) {
+      std::copy(listed, listed + count, slots);
+      return count;
+    }
+    count = 0;
     for (int64_t l = 0; l < L; ++l) {
       slots[count] = listed[l];
       count += listed[l] >= 0;
     }
     return count;
   }
+
   const scalar_t* key(int64_t bh, int64_t j) const { return k + (bh * Tk + j) * dim(); }
   const scalar_t* value(int64_t bh, int64_t j) const { return v + (bh * Tk + j) * dim(); }
 };
@@ -91,11 +104,15 @@ struct Problem {
 // slots overlaps those misses with the arithmetic on the current one.
 constexpr int64_t kSlotBlock = 8;  // slots per step of row_dots: eight_dots's width
 
-// The row scratch of one task: kSlotBlock more than the widest list, so a block of slots
+// Keys per step of KeyListTile::dots: eight sums of eight, enough independent
+// multiply-adds to cover their latency.
+constexpr int64_t kTileBlock = 64;
+
+// The row scratch of one task: kTileBlock more than the widest list, so a block of slots
 // never runs past it.
 template <class T>
 std::vector<T> row_buffer(int64_t L) {
-  return std::vector<T>(L + kSlotBlock);
+  return std::vector<T>(L + kTileBlock);
 }
 
 // Asks for row slots[l] of `rows` (one (batch, head)'s (Tk, D) matrix) for l in [from, to);
@@ -181,6 +198,54 @@ template <class scalar_t>
   return cpu::lane_sum<scalar_t>(sum);
 }
 
+// One (batch, head)'s key and value rows of one key list, copied for the rows that share
+// the list (each block of the fixed pattern shares one): the keys transposed, so that a
+// query's scores are plain multiply-adds over contiguous keys, eight vectors of eight at a
+// time with no horizontal sums (eight_dots spends most of its work on those); the values
+// contiguous, in list order. For float rows of up to 64.
+template <int kDim>
+struct KeyListTile {
+  using Vec = cpu::Vec32<float>;
+  std::vector<float> keys_t;  // (kDim, width), zeros past the listed keys
+  std::vector<float> values;  // (width, kDim)
+  int64_t width = 0;          // the listed keys rounded up to kTileBlock
+
+  void fill(const float* keys, const float* vals, const int64_t* slots, int64_t listed) {
+    width = (listed + kTileBlock - 1) / kTileBlock * kTileBlock;
+    keys_t.assign(kDim * width, 0.0f);
+    values.resize(width * kDim);
+    for (int64_t l = 0; l < listed; ++l) {
+      const float* key = keys + slots[l] * kDim;
+      for (int d = 0; d < kDim; ++d) keys_t[d * width + l] = key[d];
+      std::memcpy(values.data() + l * kDim, vals + slots[l] * kDim, kDim * sizeof(float));
+    }
+  }
+
+  // dots[l] = scale * (x . key l) for l < width.
+  [[gnu::always_inline]] void dots(const float* x, float scale, float* out) const {
+    for (int64_t l0 = 0; l0 < width; l0 += kTileBlock) {
+      Vec sums[kTileBlock / 8] = {};
+      for (int d = 0; d < kDim; ++d) {
+        const float xd = x[d];
+#pragma GCC unroll 8
+        for (int u = 0; u < kTileBlock / 8; ++u) {
+          Vec keys_d;
+          cpu::load(keys_d, keys_t.data() + d * width + l0 + 8 * u);
+          sums[u] += xd * keys_d;
+        }
+      }
+#pragma GCC unroll 8
+      for (int u = 0; u < kTileBlock / 8; ++u) {
+        const Vec scaled = scale * sums[u];
+        std::memcpy(out + l0 + 8 * u, &scaled, sizeof(Vec));
+      }
+    }
+  }
+};
+
+template <class scalar_t, int kDim>
+constexpr bool kTiled = kEightAtOnce<scalar_t, kDim>;
+
 // sum_l weights[l] * rows[slots[l]] of the first `listed` slots, times `scale`, into dst.
 // Rows of two vectors or fewer alternate between two sums, so that the additions of one
 // slot do not wait on those of the one before.
@@ -191,13 +256,18 @@ template <class scalar_t, int kDim>
   if constexpr (cpu::kInRegisters<scalar_t, kDim>) {
     using Row = cpu::RowVector<scalar_t, kDim>;
     constexpr bool kTwoSums = Row::kParts <= 2;
+    // Slots in pairs, each to its own sum (a sum picked by `l % 2` would live in memory).
+    constexpr int64_t kStep = kTwoSums ? 2 : 1;
     Row even, odd;
-    for (int64_t l = 0; l < listed; ++l) {
-      if (l % kSlotBlock == 0) {
+    int64_t l = 0;
+    for (; l + kStep <= listed; l += kStep) {
+      if (l % kSlotBlock < kStep) {
         prefetch_rows(p, slots, std::min(l + kSlotBlock, listed), std::min(l + 2 * kSlotBlock, listed), rows);
       }
-      (kTwoSums && l % 2 ? odd : even).add_scaled(weights[l], rows + slots[l] * kDim);
+      even.add_scaled(weights[l], rows + slots[l] * kDim);
+      if (kTwoSums) odd.add_scaled(weights[l + 1], rows + slots[l + 1] * kDim);
     }
+    if (l < listed) even.add_scaled(weights[l], rows + slots[l] * kDim);
     if (kTwoSums) even.add(odd);
     even.store_scaled(dst, scale);
   } else {
@@ -271,13 +341,39 @@ std::tuple<at::Tensor, at::Tensor> sparse_attention_forward_cpu(const at::Tensor
       scalar_t* lse_data = lse.data_ptr<scalar_t>();
       parallel_blocks(p.B * p.H * p.Tq, kRowsPerTask, [&](int64_t begin, int64_t end) FASTATTN_INLINE_BLOCK {
         std::vector<scalar_t> terms = row_buffer<scalar_t>(p.L);
-        std::vector<int64_t> slot_buffer = row_buffer<int64_t>(p.L);
+        std::vector<int64_t> slot_buffer = row_buffer<int64_t>(p.L), previous = row_buffer<int64_t>(p.L);
+        std::vector<int64_t> in_order = row_buffer<int64_t>(p.L);  // 0, 1, 2, ...: the tile's rows
+        std::iota(in_order.begin(), in_order.end(), int64_t(0));
         const int64_t* slots = slot_buffer.data();
+        int64_t previous_listed = -1, previous_bh = -1;
+        // The tile is filled at the second row in a row that lists the same keys as the one
+        // before it, and serves every row after it that does too.
+        std::conditional_t<kTiled<scalar_t, kDim>, KeyListTile<kDim>, bool> tile{};
+        bool tiled = false;
         for (int64_t row = begin; row < end; ++row) {
           const int64_t bh = row / p.Tq;
           const int64_t listed = p.listed_slots(row, slot_buffer.data());
           scalar_t* dst = out_data + row * p.dim();
-          row_dots(p, p.q + row * p.dim(), p.key(bh, 0), slots, listed, p.scale, terms.data());
+          if constexpr (kTiled<scalar_t, kDim>) {
+            if (bh == previous_bh && listed == previous_listed && std::equal(slots, slots + listed, previous.data())) {
+              if (!tiled && listed > 0) tile.fill(p.key(bh, 0), p.value(bh, 0), slots, listed);
+              tiled = listed > 0;
+            } else {
+              tiled = false;
+              std::copy(slots, slots + listed, previous.data());
+              previous_listed = listed;
+              previous_bh = bh;
+            }
+          }
+          if constexpr (kTiled<scalar_t, kDim>) {
+            if (tiled) {
+              tile.dots(p.q + row * p.dim(), p.scale, terms.data());
+            } else {
+              row_dots(p, p.q + row * p.dim(), p.key(bh, 0), slots, listed, p.scale, terms.data());
+            }
+          } else {
+            row_dots(p, p.q + row * p.dim(), p.key(bh, 0), slots, listed, p.scale, terms.data());
+          }
           const scalar_t row_max = row_max_padded(terms.data(), listed);
           if (row_max == -math::infinity<scalar_t>()) {  // no key: every shifted_exp term is 0
             std::fill(dst, dst + p.dim(), scalar_t(0));
@@ -286,6 +382,13 @@ std::tuple<at::Tensor, at::Tensor> sparse_attention_forward_cpu(const at::Tensor
           }
           const scalar_t sum = exp_shifted(terms.data(), listed, row_max);
           // The terms unnormalised, one division per row: sum >= 1, the largest key's term being exp(0).
+          if constexpr (kTiled<scalar_t, kDim>) {
+            if (tiled) {
+              weighted_rows(p, terms.data(), tile.values.data(), in_order.data(), listed, 1 / sum, dst);
+              lse_data[row] = math::softmax_lse(row_max, sum);
+              continue;
+            }
+          }
           weighted_rows(p, terms.data(), p.value(bh, 0), slots, listed, 1 / sum, dst);
           lse_data[row] = math::softmax_lse(row_max, sum);
         }
