@@ -208,15 +208,13 @@ template <int kWords>
                                                   const bool* padding, int64_t keys, int words, int n_bits,
                                                   Score* scores) {
   const int width = kWords > 0 ? kWords : words;
-  if (padding) {
-    for (int64_t j = 0; j < keys; ++j) {
-      const int score = lsh::equal_bits(query_code, key_codes + j * width, width, n_bits);
-      scores[j] = static_cast<Score>(padding[j] ? -1 : score);
-    }
-  } else {
-    for (int64_t j = 0; j < keys; ++j) {
-      scores[j] = static_cast<Score>(lsh::equal_bits(query_code, key_codes + j * width, width, n_bits));
-    }
+  for (int64_t j = 0; j < keys; ++j) {
+    scores[j] = static_cast<Score>(lsh::equal_bits(query_code, key_codes + j * width, width, n_bits));
+  }
+  if (padding) {  // -1 where padded, as an OR with 0 or -1: GCC left a select scalar
+    const uint8_t* padded = reinterpret_cast<const uint8_t*>(padding);  // a bool is one byte, 0 or 1
+#pragma GCC ivdep
+    for (int64_t j = 0; j < keys; ++j) scores[j] |= static_cast<Score>(-static_cast<Score>(padded[j]));
   }
 }
 
