@@ -1,7 +1,9 @@
 // sparse_attention on the CPU: one query row at a time over its list of keys, with the
 // softmax rules of softmax_math.h. A row's loops run in passes over arrays of its slots
 // (the dot products eight slots at a time, the exponentials a vector at a time, then the
-// weighted sum of rows), the vector pieces coming from vector_lanes.h.
+// weighted sum of rows), the vector pieces coming from vector_lanes.h. Forward rows that
+// list the same keys as the row before them take their scores from a transposed copy of
+// those keys (KeyListTile).
 //
 // The backward makes one pass over the query rows of each (batch, head) and adds every
 // slot's terms to dK and dV of that (batch, head) as it goes. One task owns all rows of a
@@ -14,9 +16,9 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <cstring>
 #include <limits>
 #include <numeric>
-#include <cstring>
 #include <type_traits>
 #include <vector>
 
