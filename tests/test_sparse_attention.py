@@ -81,6 +81,29 @@ def test_matches_reference_on_random_shapes(device, dtype, batch, heads, queries
                             scale=0.3 if seed % 2 else None)
 
 
+@pytest.mark.parametrize("device, dtype", DEVICE_DTYPES)
+@pytest.mark.parametrize("dim", [16, 64, 24])
+def test_rows_sharing_a_key_list_match_rows_that_do_not(device, dtype, dim):
+    """Runs of rows with one key list (the CPU forward's shared-list tile), broken by an
+    empty row, a different list, the same keys in another order and a packed list
+    whose empty slots are in the middle; over two (batch, head) pairs and task boundaries."""
+    shared, reordered, holes = [0, 5, 9, 30, -1], [30, 9, 5, 0, -1], [0, -1, 5, 9, 30]
+    rows = [shared] * 5 + [[-1] * 5] + [shared] * 3 + [reordered] * 4 + [holes] * 3 + [[7, 8, -1, -1, -1]]
+    rows += [shared] * (40 - len(rows))
+    indices = torch.tensor(rows, dtype=torch.int32, device=device)[None, None]
+    q, k, v = qkv(1, 2, 40, dim, seed=dim, device=device, dtype=dtype)
+    check_against_reference(q, k, v, indices)
+    check_against_reference(q, k, v, indices.expand(1, 2, 40, 5).contiguous())
+
+
+@pytest.mark.parametrize("device, dtype", DEVICE_DTYPES)
+def test_scores_far_apart_underflow_to_zero_weight(device, dtype):
+    """Scores tens of units apart: most exponentials underflow (the CPU's vector exp flushes
+    below log(FLT_MIN) to 0), and the result still matches the reference."""
+    q, k, v = qkv(2, 2, 50, 16, seed=3, device=device, dtype=dtype)
+    check_against_reference(q * 6, k * 6, v, masks.strided(50, 7, device=device))
+
+
 @pytest.mark.parametrize("device", DEVICES)
 def test_matches_dense_sdpa_with_the_same_mask(device):
     length = 100
