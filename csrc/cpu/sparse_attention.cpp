@@ -200,53 +200,88 @@ template <class scalar_t>
   return cpu::lane_sum<scalar_t>(sum);
 }
 
+template <class scalar_t, int kDim>
+constexpr bool kTiled = kEightAtOnce<scalar_t, kDim>;
+
 // One (batch, head)'s key and value rows of one key list, copied for the rows that share
 // the list (each block of the fixed pattern shares one): the keys transposed, so that a
 // query's scores are plain multiply-adds over contiguous keys, eight vectors of eight at a
 // time with no horizontal sums (eight_dots spends most of its work on those); the values
-// contiguous, in list order. For float rows of up to 64.
-template <int kDim>
-struct KeyListTile {
-  using Vec = cpu::Vec32<float>;
-  std::vector<float> keys_t;  // (kDim, width), zeros past the listed keys
-  std::vector<float> values;  // (width, kDim)
-  int64_t width = 0;          // the listed keys rounded up to kTileBlock
+// contiguous, in list order. Only for float rows of up to 64 (kTiled); for others, serves()
+// is always false.
+template <class scalar_t, int kDim>
+class KeyListTile {
+ public:
+  explicit KeyListTile(int64_t L) : previous_(row_buffer<int64_t>(L)), in_order_(row_buffer<int64_t>(L)) {
+    std::iota(in_order_.begin(), in_order_.end(), int64_t(0));
+  }
 
-  void fill(const float* keys, const float* vals, const int64_t* slots, int64_t listed) {
-    width = (listed + kTileBlock - 1) / kTileBlock * kTileBlock;
-    keys_t.assign(kDim * width, 0.0f);
-    values.resize(width * kDim);
-    for (int64_t l = 0; l < listed; ++l) {
-      const float* key = keys + slots[l] * kDim;
-      for (int d = 0; d < kDim; ++d) keys_t[d * width + l] = key[d];
-      std::memcpy(values.data() + l * kDim, vals + slots[l] * kDim, kDim * sizeof(float));
+  // Whether a row of (batch, head) bh that lists `slots` takes its keys and values from the
+  // tile: it does when it lists the same keys as the row before it. The tile is filled at
+  // the first such row and serves every row after it that does too.
+  bool serves(const Problem<scalar_t, kDim>& p, int64_t bh, const int64_t* slots, int64_t listed) {
+    if constexpr (!kTiled<scalar_t, kDim>) {
+      return false;
+    } else {
+      if (bh != previous_bh_ || listed != previous_listed_ || !std::equal(slots, slots + listed, previous_.data())) {
+        std::copy(slots, slots + listed, previous_.data());
+        previous_listed_ = listed;
+        previous_bh_ = bh;
+        filled_ = false;
+        return false;
+      }
+      if (!filled_ && listed > 0) fill(p.key(bh, 0), p.value(bh, 0), slots, listed);
+      filled_ = listed > 0;
+      return filled_;
     }
   }
 
-  // dots[l] = scale * (x . key l) for l < width.
-  [[gnu::always_inline]] void dots(const float* x, float scale, float* out) const {
-    for (int64_t l0 = 0; l0 < width; l0 += kTileBlock) {
-      Vec sums[kTileBlock / 8] = {};
+  // dots[l] = scale * (x . key l) for l < width_.
+  [[gnu::always_inline]] void dots(const scalar_t* x, scalar_t scale, scalar_t* out) const {
+    using Vec = cpu::Vec32<scalar_t>;
+    constexpr int kWidth = cpu::kLanes<scalar_t>;
+    for (int64_t l0 = 0; l0 < width_; l0 += kTileBlock) {
+      Vec sums[kTileBlock / kWidth] = {};
       for (int d = 0; d < kDim; ++d) {
-        const float xd = x[d];
+        const scalar_t xd = x[d];
 #pragma GCC unroll 8
-        for (int u = 0; u < kTileBlock / 8; ++u) {
+        for (int u = 0; u < kTileBlock / kWidth; ++u) {
           Vec keys_d;
-          cpu::load(keys_d, keys_t.data() + d * width + l0 + 8 * u);
+          cpu::load(keys_d, keys_t_.data() + d * width_ + l0 + kWidth * u);
           sums[u] += xd * keys_d;
         }
       }
 #pragma GCC unroll 8
-      for (int u = 0; u < kTileBlock / 8; ++u) {
+      for (int u = 0; u < kTileBlock / kWidth; ++u) {
         const Vec scaled = scale * sums[u];
-        std::memcpy(out + l0 + 8 * u, &scaled, sizeof(Vec));
+        std::memcpy(out + l0 + kWidth * u, &scaled, sizeof(Vec));
       }
     }
   }
-};
 
-template <class scalar_t, int kDim>
-constexpr bool kTiled = kEightAtOnce<scalar_t, kDim>;
+  // The value rows in list order, and the slots that name them (0, 1, 2, ...).
+  const scalar_t* values() const { return values_.data(); }
+  const int64_t* in_order() const { return in_order_.data(); }
+
+ private:
+  void fill(const scalar_t* keys, const scalar_t* vals, const int64_t* slots, int64_t listed) {
+    width_ = (listed + kTileBlock - 1) / kTileBlock * kTileBlock;
+    keys_t_.assign(kDim * width_, scalar_t(0));
+    values_.resize(width_ * kDim);
+    for (int64_t l = 0; l < listed; ++l) {
+      const scalar_t* key = keys + slots[l] * kDim;
+      for (int d = 0; d < kDim; ++d) keys_t_[d * width_ + l] = key[d];
+      std::memcpy(values_.data() + l * kDim, vals + slots[l] * kDim, kDim * sizeof(scalar_t));
+    }
+  }
+
+  std::vector<scalar_t> keys_t_;  // (kDim, width_), zeros past the listed keys
+  std::vector<scalar_t> values_;  // (width_, kDim)
+  int64_t width_ = 0;             // the listed keys rounded up to kTileBlock
+  std::vector<int64_t> previous_, in_order_;
+  int64_t previous_listed_ = -1, previous_bh_ = -1;
+  bool filled_ = false;
+};
 
 // sum_l weights[l] * rows[slots[l]] of the first `listed` slots, times `scale`, into dst.
 // Rows of two vectors or fewer alternate between two sums, so that the additions of one
@@ -343,36 +378,16 @@ std::tuple<at::Tensor, at::Tensor> sparse_attention_forward_cpu(const at::Tensor
       scalar_t* lse_data = lse.data_ptr<scalar_t>();
       parallel_blocks(p.B * p.H * p.Tq, kRowsPerTask, [&](int64_t begin, int64_t end) FASTATTN_INLINE_BLOCK {
         std::vector<scalar_t> terms = row_buffer<scalar_t>(p.L);
-        std::vector<int64_t> slot_buffer = row_buffer<int64_t>(p.L), previous = row_buffer<int64_t>(p.L);
-        std::vector<int64_t> in_order = row_buffer<int64_t>(p.L);  // 0, 1, 2, ...: the tile's rows
-        std::iota(in_order.begin(), in_order.end(), int64_t(0));
+        std::vector<int64_t> slot_buffer = row_buffer<int64_t>(p.L);
         const int64_t* slots = slot_buffer.data();
-        int64_t previous_listed = -1, previous_bh = -1;
-        // The tile is filled at the second row in a row that lists the same keys as the one
-        // before it, and serves every row after it that does too.
-        std::conditional_t<kTiled<scalar_t, kDim>, KeyListTile<kDim>, bool> tile{};
-        bool tiled = false;
+        KeyListTile<scalar_t, kDim> tile(p.L);
         for (int64_t row = begin; row < end; ++row) {
           const int64_t bh = row / p.Tq;
           const int64_t listed = p.listed_slots(row, slot_buffer.data());
           scalar_t* dst = out_data + row * p.dim();
-          if constexpr (kTiled<scalar_t, kDim>) {
-            if (bh == previous_bh && listed == previous_listed && std::equal(slots, slots + listed, previous.data())) {
-              if (!tiled && listed > 0) tile.fill(p.key(bh, 0), p.value(bh, 0), slots, listed);
-              tiled = listed > 0;
-            } else {
-              tiled = false;
-              std::copy(slots, slots + listed, previous.data());
-              previous_listed = listed;
-              previous_bh = bh;
-            }
-          }
-          if constexpr (kTiled<scalar_t, kDim>) {
-            if (tiled) {
-              tile.dots(p.q + row * p.dim(), p.scale, terms.data());
-            } else {
-              row_dots(p, p.q + row * p.dim(), p.key(bh, 0), slots, listed, p.scale, terms.data());
-            }
+          const bool tiled = tile.serves(p, bh, slots, listed);
+          if (tiled) {
+            tile.dots(p.q + row * p.dim(), p.scale, terms.data());
           } else {
             row_dots(p, p.q + row * p.dim(), p.key(bh, 0), slots, listed, p.scale, terms.data());
           }
@@ -384,14 +399,8 @@ std::tuple<at::Tensor, at::Tensor> sparse_attention_forward_cpu(const at::Tensor
           }
           const scalar_t sum = exp_shifted(terms.data(), listed, row_max);
           // The terms unnormalised, one division per row: sum >= 1, the largest key's term being exp(0).
-          if constexpr (kTiled<scalar_t, kDim>) {
-            if (tiled) {
-              weighted_rows(p, terms.data(), tile.values.data(), in_order.data(), listed, 1 / sum, dst);
-              lse_data[row] = math::softmax_lse(row_max, sum);
-              continue;
-            }
-          }
-          weighted_rows(p, terms.data(), p.value(bh, 0), slots, listed, 1 / sum, dst);
+          weighted_rows(p, terms.data(), tiled ? tile.values() : p.value(bh, 0), tiled ? tile.in_order() : slots,
+                        listed, 1 / sum, dst);
           lse_data[row] = math::softmax_lse(row_max, sum);
         }
       });
