@@ -113,6 +113,18 @@ def test_logits_may_be_a_strided_crop(device):
 
 
 @pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("padding", PADDINGS)
+def test_logits_with_minus_infinity_and_keys_not_adjacent(device, padding):
+    """Logits whose keys are not adjacent in memory (a transposed view), some of them -inf
+    and one row all -inf (zeros out, zero gradients); T not a multiple of any vector width."""
+    logits, v, mask = make_inputs(3, 2, 21, 8, padding, seed=5, device=device)
+    logits = logits.transpose(1, 2).contiguous().transpose(1, 2)
+    logits[0, 4, ::3] = float("-inf")
+    logits[1, 7] = float("-inf")
+    check_against_reference(logits, v, mask)
+
+
+@pytest.mark.parametrize("device", DEVICES)
 def test_non_contiguous_values(device):
     v_bthd = torch.randn(2, 9, 3, 8, device=device)
     v = v_bthd.transpose(1, 2)  # (B, H, T, D) view, not contiguous

@@ -1,5 +1,6 @@
-// fixed_attention on the CPU: the masked softmax by the rules of softmax_math.h, with
-// ATen's vectorised exp and its matrix products doing the bulk work.
+// fixed_attention on the CPU: the masked softmax by the rules of softmax_math.h, its
+// element passes in softmax_rows.h (one pass per row of logits, both cores busy) and
+// ATen's matrix products doing the bulk work.
 //
 // The exponentials E = exp(logits - m), m the row maximum over all keys, are computed once
 // per head and shared by the whole batch. Without a key padding mask the forward is one
@@ -26,6 +27,8 @@
 #include "fastattn/fixed_attention.h"
 #include "fastattn/outputs.h"
 #include "fastattn/softmax_math.h"
+#include "instruction_sets.h"
+#include "softmax_rows.h"
 
 namespace fastattn {
 namespace {
@@ -34,6 +37,9 @@ namespace {
 // enough heads that short sequences are not drowned in per-call overhead, few enough that
 // long ones stay within this much memory per temporary.
 constexpr int64_t kTaskScratchBytes = 32 << 20;
+
+// Rows per parallel task of the row loops: enough logits that a task outweighs its start.
+constexpr int64_t kRowGrainElements = 1 << 14;
 
 // Heads per task. columns: the width of the (T, columns) temporaries a head needs besides
 // its (T, T) ones (the batch folded into columns on the masked path).
@@ -45,26 +51,59 @@ struct HeadGroups {
   }
 };
 
-// P = exp(scores - lse) (softmax_prob): zero on padded keys (-inf scores) and on rows
-// with no key (lse = +inf).
-at::Tensor probabilities(const at::Tensor& scores, const at::Tensor& lse_rows) {
-  return (scores - lse_rows.unsqueeze(-1)).exp_();
+// body(x, row) for every row of logits' heads [h0, h0 + n), in parallel: x points at the
+// row's T logits (copied to unit stride first if the keys are not), row counts the rows of
+// the group from 0.
+template <class scalar_t, class Body>
+void for_each_logit_row(const at::Tensor& logits, int64_t h0, int64_t n, const Body& body) {
+  const at::Tensor scores = logits.stride(2) == 1 ? logits.narrow(0, h0, n) : logits.narrow(0, h0, n).contiguous();
+  const int64_t T = scores.size(2), head_stride = scores.stride(0), row_stride = scores.stride(1);
+  const scalar_t* data = scores.data_ptr<scalar_t>();
+  cpu::parallel_blocks(n * T, std::max<int64_t>(1, kRowGrainElements / T),
+                       [&](int64_t begin, int64_t end) FASTATTN_INLINE_BLOCK {
+                         for (int64_t row = begin; row < end; ++row) {
+                           body(data + (row / T) * head_stride + (row % T) * row_stride, row);
+                         }
+                       });
 }
 
-// grad_logits += P * (grad_probs - delta[..., None]), element by element; all contiguous.
+// (heads per group, T, T): the exponentials of one head group at a time, reused by the
+// next group, so that their pages are touched once per call rather than once per group.
+at::Tensor group_scratch(const HeadGroups& groups, const at::Tensor& logits) {
+  return at::empty({groups.size, logits.size(1), logits.size(2)}, logits.options());
+}
+
+// P = exp(scores - lse) (softmax_prob) of heads [h0, h0 + n) into `scratch`: zero on
+// padded keys (-inf scores) and on rows with no key (lse = +inf).
 template <class scalar_t>
-void accumulate_logit_grad(at::Tensor grad_logits, const at::Tensor& probs, const at::Tensor& grad_probs,
-                           const at::Tensor& delta) {
+at::Tensor probabilities(const at::Tensor& logits, const at::Tensor& lse, int64_t h0, int64_t n,
+                         const at::Tensor& scratch) {
+  const int64_t T = logits.size(2);
+  at::Tensor probs = scratch.narrow(0, 0, n);
+  scalar_t* p = probs.data_ptr<scalar_t>();
+  const scalar_t* shift = lse.narrow(0, h0, n).contiguous().data_ptr<scalar_t>();
+  for_each_logit_row<scalar_t>(logits, h0, n, [&](const scalar_t* x, int64_t row) FASTATTN_INLINE_BLOCK {
+    cpu::exp_shifted(x, T, shift[row], p + row * T);
+  });
+  return probs;
+}
+
+// grad[i, j] = P_ij * (grad[i, j] - delta_i) in place (softmax_logit_grad), grad holding
+// dL/dP on entry; all (n, T, T) and contiguous, delta (n, T).
+template <class scalar_t>
+void logit_grad_in_place(at::Tensor& grad, const at::Tensor& probs, const at::Tensor& delta) {
   const int64_t T = probs.size(-1);
-  scalar_t* g = grad_logits.data_ptr<scalar_t>();
+  scalar_t* g = grad.data_ptr<scalar_t>();
   const scalar_t* p = probs.data_ptr<scalar_t>();
-  const scalar_t* dp = grad_probs.data_ptr<scalar_t>();
   const scalar_t* d = delta.data_ptr<scalar_t>();
-  for (int64_t row = 0; row < delta.numel(); ++row) {
-    for (int64_t j = 0; j < T; ++j) {
-      g[row * T + j] += math::softmax_logit_grad(p[row * T + j], dp[row * T + j], d[row]);
-    }
-  }
+  cpu::parallel_blocks(delta.numel(), std::max<int64_t>(1, kRowGrainElements / T),
+                       [&](int64_t begin, int64_t end) FASTATTN_INLINE_BLOCK {
+                         for (int64_t row = begin; row < end; ++row) {
+                           for (int64_t j = row * T; j < (row + 1) * T; ++j) {
+                             g[j] = math::softmax_logit_grad(p[j], g[j], d[row]);
+                           }
+                         }
+                       });
 }
 
 // Heads [h0, h0 + n) of a (B, H, T, D) tensor as (n, T, B * D): with one P per head
@@ -86,18 +125,28 @@ scalar_t safe_mass() {
   return std::ldexp(std::numeric_limits<scalar_t>::min(), std::numeric_limits<scalar_t>::digits);
 }
 
-// exp(logits - row max over all keys) of heads [h0, h0 + n), shared by every item of the
-// batch whatever its padding; the row maxima (n, T, 1) are finite (0 for a row of -inf).
+// exp(logits - row max over all keys) of heads [h0, h0 + n) in `scratch`, shared by every
+// item of the batch whatever its padding, in one pass over the logits; the row maxima
+// (n, T, 1) are finite (0 for a row of -inf), row_sums (n, T, 1) the sums of the exps.
 struct SharedExponentials {
-  at::Tensor exps, row_max;
-
-  SharedExponentials(const at::Tensor& logits, int64_t h0, int64_t n) {
-    const at::Tensor scores = logits.narrow(0, h0, n);
-    row_max = std::get<0>(scores.max(-1, /*keepdim=*/true));
-    row_max.masked_fill_(row_max.isneginf(), 0);
-    exps = (scores - row_max).exp_();
-  }
+  at::Tensor exps, row_max, row_sums;
 };
+
+template <class scalar_t>
+SharedExponentials shared_exponentials(const at::Tensor& logits, int64_t h0, int64_t n, const at::Tensor& scratch) {
+  const int64_t T = logits.size(2);
+  SharedExponentials shared{scratch.narrow(0, 0, n), at::empty({n, T, 1}, logits.options()),
+                            at::empty({n, T, 1}, logits.options())};
+  scalar_t* exps = shared.exps.data_ptr<scalar_t>();
+  scalar_t* maxima = shared.row_max.data_ptr<scalar_t>();
+  scalar_t* sums = shared.row_sums.data_ptr<scalar_t>();
+  for_each_logit_row<scalar_t>(logits, h0, n, [&](const scalar_t* x, int64_t row) FASTATTN_INLINE_BLOCK {
+    const scalar_t largest = cpu::row_maximum(x, T);
+    maxima[row] = largest == -math::infinity<scalar_t>() ? scalar_t(0) : largest;
+    sums[row] = cpu::exp_shifted(x, T, maxima[row], exps + row * T);
+  });
+  return shared;
+}
 
 // [x_b * scale_b | last_b] of every item b as (n, T, B * (D + 1)), for x (B, n, T, D) and
 // scale, last broadcast to (B, n, T, 1): the columns of one product per head, with the
@@ -133,9 +182,10 @@ scalar_t exact_row(const at::TensorAccessor<scalar_t, 3>& logits, const at::Tens
 // from one product with the shared exponentials.
 template <class scalar_t>
 void masked_forward_group(const at::Tensor& logits, const at::Tensor& v, const at::Tensor& mask,
-                          const at::Tensor& keep, at::Tensor& out, at::Tensor& lse, int64_t h0, int64_t n) {
+                          const at::Tensor& keep, at::Tensor& out, at::Tensor& lse, int64_t h0, int64_t n,
+                          const at::Tensor& scratch) {
   const int64_t B = v.size(0), T = v.size(2), D = v.size(3);
-  const SharedExponentials shared(logits, h0, n);
+  const SharedExponentials shared = shared_exponentials<scalar_t>(logits, h0, n, scratch);
   // (n, T, B, D + 1): item b's unnormalised output, then its normaliser s_b
   const at::Tensor sums_and_outputs =
       at::bmm(shared.exps, item_columns(v.narrow(1, h0, n), keep, keep)).view({n, T, B, D + 1});
@@ -172,9 +222,10 @@ void masked_forward_group(const at::Tensor& logits, const at::Tensor& v, const a
 template <class scalar_t>
 void masked_backward_group(const at::Tensor& grad_out, const at::Tensor& logits, const at::Tensor& v,
                            const at::Tensor& mask, const at::Tensor& keep, const at::Tensor& delta,
-                           at::Tensor& grad_logits, at::Tensor& grad_v, int64_t h0, int64_t n) {
+                           at::Tensor& grad_logits, at::Tensor& grad_v, int64_t h0, int64_t n,
+                           const at::Tensor& scratch) {
   const int64_t B = v.size(0), T = v.size(2), D = v.size(3);
-  const SharedExponentials shared(logits, h0, n);
+  const SharedExponentials shared = shared_exponentials<scalar_t>(logits, h0, n, scratch);
   const at::Tensor sums = at::bmm(shared.exps, keep.view({B, T}).t().expand({n, T, B})).permute({2, 0, 1});
   const at::Tensor unsafe = sums < safe_mass<scalar_t>();  // (B, n, T)
   const at::Tensor inverse_mass = sums.reciprocal().masked_fill_(unsafe, 0).unsqueeze(-1);  // r_b, (B, n, T, 1)
@@ -184,7 +235,8 @@ void masked_backward_group(const at::Tensor& grad_out, const at::Tensor& logits,
   const at::Tensor through_exps = at::bmm(shared.exps.transpose(1, 2), row_side).view({n, T, B, D + 1});
   grad_v.narrow(1, h0, n).copy_(through_exps.narrow(-1, 0, D).permute({2, 0, 1, 3}) * keep);
   const at::Tensor value_side = item_columns(v.narrow(1, h0, n), keep, keep);  // [keep_b V_b | keep_b]
-  grad_logits.narrow(0, h0, n).copy_(shared.exps * at::bmm(row_side, value_side.transpose(1, 2)));
+  at::Tensor grad_logits_group = grad_logits.narrow(0, h0, n);
+  at::bmm_out(grad_logits_group, row_side, value_side.transpose(1, 2)).mul_(shared.exps);
   const at::Tensor unsafe_rows = unsafe.nonzero();  // (rows, 3): b, head, i
   if (unsafe_rows.size(0) == 0) return;
   const auto logit = logits.accessor<scalar_t, 3>();
@@ -223,6 +275,7 @@ std::tuple<at::Tensor, at::Tensor> fixed_attention_forward_cpu(const at::Tensor&
   at::Tensor lse = new_output({s_count, H, T}, logits.options());
   if (T == 0 || H == 0) return {out, lse};
   const HeadGroups groups(H, T, logits.element_size(), mask ? B * (D + 1) : 0);
+  const at::Tensor scratch = group_scratch(groups, logits);
   const at::Tensor keep = mask ? mask->logical_not().to(v.scalar_type()).view({B, 1, T, 1}) : at::Tensor();
   AT_DISPATCH_FLOATING_TYPES(logits.scalar_type(), "fixed_attention_forward_cpu", [&] {
     // One task per head group, in turn: each is a few large ATen products that use every
@@ -231,13 +284,13 @@ std::tuple<at::Tensor, at::Tensor> fixed_attention_forward_cpu(const at::Tensor&
     for (int64_t h0 = 0; h0 < H; h0 += groups.size) {
       const int64_t n = std::min(groups.size, H - h0);
       if (mask) {
-        masked_forward_group<scalar_t>(logits, v, *mask, keep, out, lse, h0, n);
+        masked_forward_group<scalar_t>(logits, v, *mask, keep, out, lse, h0, n, scratch);
         continue;
       }
       // One pass of exponentials, normalised after the product: out = (E @ V) / s. The
       // row's own maximum gives s >= 1, except in a row of -inf logits (s = 0: zeros).
-      const SharedExponentials shared(logits, h0, n);
-      const at::Tensor sums = shared.exps.sum(-1, /*keepdim=*/true);  // (n, T, 1)
+      const SharedExponentials shared = shared_exponentials<scalar_t>(logits, h0, n, scratch);
+      const at::Tensor& sums = shared.row_sums;
       const at::Tensor inverse = sums.reciprocal().masked_fill_(sums == 0, 0);
       const at::Tensor products = at::bmm(shared.exps, batch_as_columns(v, h0, n)) * inverse;
       out.narrow(1, h0, n).copy_(columns_as_batch(products, B, D));
@@ -260,6 +313,7 @@ std::tuple<at::Tensor, at::Tensor> fixed_attention_backward_cpu(const at::Tensor
   // delta[b, h, i] = sum_j P_ij dL/dP_ij = dO_i . out_i
   const at::Tensor delta = (grad_out * out).sum(-1);
   const HeadGroups groups(H, T, logits.element_size(), mask ? 2 * B * (D + 1) : 0);
+  const at::Tensor scratch = group_scratch(groups, logits);
   const at::Tensor keep = mask ? mask->logical_not().to(v.scalar_type()).view({B, 1, T, 1}) : at::Tensor();
   AT_DISPATCH_FLOATING_TYPES(logits.scalar_type(), "fixed_attention_backward_cpu", [&] {
     // One task per head group, in turn (as in the forward): its logits gradient sums the
@@ -269,16 +323,18 @@ std::tuple<at::Tensor, at::Tensor> fixed_attention_backward_cpu(const at::Tensor
       // Branch on the mask, not on the number of softmax sets: with B = 1 a masked call
       // has one set too, but its probabilities must still leave out the padded keys.
       if (mask) {
-        masked_backward_group<scalar_t>(grad_out, logits, v, *mask, keep, delta, grad_logits, grad_v, h0, n);
+        masked_backward_group<scalar_t>(grad_out, logits, v, *mask, keep, delta, grad_logits, grad_v, h0, n,
+                                        scratch);
       } else {
-        at::Tensor grad_logits_group = grad_logits.narrow(0, h0, n).zero_();
-        const at::Tensor probs = probabilities(logits.narrow(0, h0, n), lse[0].narrow(0, h0, n));
+        const at::Tensor probs = probabilities<scalar_t>(logits, lse[0], h0, n, scratch);
         const at::Tensor grad_out_columns = batch_as_columns(grad_out, h0, n);
         grad_v.narrow(1, h0, n).copy_(columns_as_batch(at::bmm(probs.transpose(1, 2), grad_out_columns), B, D));
-        // sum_b dO_b V_b^T: the batch is the inner dimension of one product per head.
-        const at::Tensor grad_probs = at::bmm(grad_out_columns, batch_as_columns(v, h0, n).transpose(1, 2));
+        // sum_b dO_b V_b^T, written where the logits' gradient goes: the batch is the inner
+        // dimension of one product per head.
+        at::Tensor grad_logits_group = grad_logits.narrow(0, h0, n);
+        at::bmm_out(grad_logits_group, grad_out_columns, batch_as_columns(v, h0, n).transpose(1, 2));
         const at::Tensor delta_group = delta.narrow(1, h0, n).sum(0).contiguous();
-        accumulate_logit_grad<scalar_t>(grad_logits_group, probs, grad_probs.contiguous(), delta_group);
+        logit_grad_in_place<scalar_t>(grad_logits_group, probs, delta_group);
       }
     }
   });

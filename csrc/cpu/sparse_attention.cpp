@@ -26,6 +26,7 @@
 #include "fastattn/softmax_math.h"
 #include "fastattn/sparse_attention_host.h"
 #include "instruction_sets.h"
+#include "softmax_rows.h"
 #include "vector_lanes.h"
 
 namespace fastattn {
@@ -158,46 +159,6 @@ template <class scalar_t, int kDim>
     }
   }
   for (int64_t l = 0; l < listed; ++l) dots[l] *= scale;
-}
-
-// The largest of scores[0, listed), -inf for none; scores past `listed` (up to the next
-// multiple of the vector width) are set to -inf, so that vector loops may run over them.
-template <class scalar_t>
-[[gnu::always_inline]] inline scalar_t row_max_padded(scalar_t* scores, int64_t listed) {
-  constexpr int kWidth = cpu::kLanes<scalar_t>;
-  const int64_t padded = (listed + kWidth - 1) / kWidth * kWidth;
-  std::fill(scores + listed, scores + padded, -math::infinity<scalar_t>());
-  cpu::Vec32<scalar_t> largest = cpu::Vec32<scalar_t>{} - math::infinity<scalar_t>(), block;
-  for (int64_t l = 0; l < padded; l += kWidth) {
-    cpu::load(block, scores + l);
-    largest = largest > block ? largest : block;
-  }
-  scalar_t lanes[kWidth];
-  std::memcpy(lanes, &largest, sizeof(largest));
-  scalar_t row_max = lanes[0];
-  for (int u = 1; u < kWidth; ++u) row_max = math::max_(row_max, lanes[u]);
-  return row_max;
-}
-
-// terms[l] = exp(terms[l] - shift) for l in [0, count), count rounded up to the vector
-// width (row_max_padded's -inf padding gives 0 there); returns the sum of the terms.
-// `shift` is finite. Float rows go through cpu::exp_in_place, double ones through math::exp_.
-template <class scalar_t>
-[[gnu::always_inline]] inline scalar_t exp_shifted(scalar_t* terms, int64_t count, scalar_t shift) {
-  constexpr int kWidth = cpu::kLanes<scalar_t>;
-  cpu::Vec32<scalar_t> sum = {}, block;
-  for (int64_t l = 0; l < count; l += kWidth) {
-    cpu::load(block, terms + l);
-    block -= shift;
-    if constexpr (std::is_same_v<scalar_t, float>) {
-      cpu::exp_in_place(block);
-    } else {
-      for (int u = 0; u < kWidth; ++u) block[u] = math::exp_(block[u]);
-    }
-    std::memcpy(terms + l, &block, sizeof(block));
-    sum += block;
-  }
-  return cpu::lane_sum<scalar_t>(sum);
 }
 
 template <class scalar_t, int kDim>
@@ -391,13 +352,13 @@ std::tuple<at::Tensor, at::Tensor> sparse_attention_forward_cpu(const at::Tensor
           } else {
             row_dots(p, p.q + row * p.dim(), p.key(bh, 0), slots, listed, p.scale, terms.data());
           }
-          const scalar_t row_max = row_max_padded(terms.data(), listed);
+          const scalar_t row_max = cpu::row_maximum(terms.data(), listed);
           if (row_max == -math::infinity<scalar_t>()) {  // no key: every shifted_exp term is 0
             std::fill(dst, dst + p.dim(), scalar_t(0));
             lse_data[row] = math::softmax_lse(row_max, scalar_t(0));
             continue;
           }
-          const scalar_t sum = exp_shifted(terms.data(), listed, row_max);
+          const scalar_t sum = cpu::exp_shifted(terms.data(), listed, row_max, terms.data());
           // The terms unnormalised, one division per row: sum >= 1, the largest key's term being exp(0).
           weighted_rows(p, terms.data(), tiled ? tile.values() : p.value(bh, 0), tiled ? tile.in_order() : slots,
                         listed, 1 / sum, dst);
@@ -463,7 +424,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> sparse_attention_backward_cpu(
             const scalar_t delta = cpu::dot(grad_row, out_data + row * p.dim(), p.dim());  // dO_i . out_i
             // The scores again, as probabilities through the saved lse, and dO_i . v_j.
             row_dots(p, query, p.key(bh, 0), slots, listed, p.scale, probs.data());
-            exp_shifted(probs.data(), listed, lse_data[row]);
+            cpu::exp_shifted(probs.data(), listed, lse_data[row], probs.data());
             row_dots(p, grad_row, p.value(bh, 0), slots, listed, scalar_t(1), grad_scores.data());
             for (int64_t l = 0; l < listed; ++l) {
               grad_scores[l] = p.scale * math::softmax_logit_grad(probs[l], grad_scores[l], delta);
