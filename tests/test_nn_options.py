@@ -83,3 +83,14 @@ def test_bad_input_is_named(kind, call, error, match):
 def test_kinds_without_position_weights_take_any_length():
     module = attention("strided", max_len=None)
     assert module(inputs(1, 100, seed=0))[0].shape == (1, 100, 16)
+
+
+@pytest.mark.parametrize("kind", ["strided", "fixed", "local_global"])
+def test_patterns_built_without_max_len_follow_each_length(kind):
+    """Without max_len a pattern is built at the first call of a length and kept: calls
+    alternating between lengths each get their own length's pattern, as with max_len."""
+    with_max_len = attention(kind)
+    without = attention(kind, max_len=None)
+    for length in (20, 13, 20, 24):
+        x = inputs(2, length, seed=length)
+        torch.testing.assert_close(without(x)[0], with_max_len(x)[0])

@@ -84,9 +84,10 @@ def test_matches_reference_on_random_shapes(device, dtype, batch, heads, queries
 @pytest.mark.parametrize("device, dtype", DEVICE_DTYPES)
 @pytest.mark.parametrize("dim", [16, 64, 24])
 def test_rows_sharing_a_key_list_match_rows_that_do_not(device, dtype, dim):
-    """Runs of rows with one key list (the CPU forward's shared-list tile), broken by an
-    empty row, a different list, the same keys in another order and a packed list
-    whose empty slots are in the middle; over two (batch, head) pairs and task boundaries."""
+    """Runs of rows with one key list (the CPU forward takes such rows eight at a time),
+    with an empty row inside a run, broken by a different list, the same keys in another
+    order and a packed list whose empty slots are in the middle; over two (batch, head)
+    pairs and task boundaries."""
     shared, reordered, holes = [0, 5, 9, 30, -1], [30, 9, 5, 0, -1], [0, -1, 5, 9, 30]
     rows = [shared] * 5 + [[-1] * 5] + [shared] * 3 + [reordered] * 4 + [holes] * 3 + [[7, 8, -1, -1, -1]]
     rows += [shared] * (40 - len(rows))
@@ -94,6 +95,26 @@ def test_rows_sharing_a_key_list_match_rows_that_do_not(device, dtype, dim):
     q, k, v = qkv(1, 2, 40, dim, seed=dim, device=device, dtype=dtype)
     check_against_reference(q, k, v, indices)
     check_against_reference(q, k, v, indices.expand(1, 2, 40, 5).contiguous())
+
+
+@pytest.mark.parametrize("device, dtype", DEVICE_DTYPES)
+@pytest.mark.parametrize("dim", [16, 64])
+def test_rows_whose_lists_differ_only_in_empty_slots(device, dtype, dim):
+    """Rows whose lists agree wherever both list a key, as shared-QK makes them (each row of
+    a block drops its own key): the CPU forward takes them together over the union of their
+    lists. Among them a row that lists one key only, a row that lists none, and rows that
+    each fill a slot the others leave empty."""
+    block = list(range(8, 16)) + [31, 39]
+    rows = []
+    for i in range(40):
+        rows.append([key if key != i else -1 for key in block])
+    rows[10] = [-1] * 9 + [39]
+    rows[11] = [-1] * 10
+    rows[16:20] = [[20, -1, -1], [-1, 21, -1], [-1, -1, 22], [20, 21, -1]]
+    rows = [row + [-1] * (10 - len(row)) for row in rows]
+    indices = torch.tensor(rows, dtype=torch.int32, device=device)[None, None]
+    q, k, v = qkv(2, 2, 40, dim, seed=dim + 1, device=device, dtype=dtype)
+    check_against_reference(q, k, v, indices)
 
 
 @pytest.mark.parametrize("device, dtype", DEVICE_DTYPES)

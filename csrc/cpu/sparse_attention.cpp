@@ -2,8 +2,8 @@
 // softmax rules of softmax_math.h. A row's loops run in passes over arrays of its slots
 // (the dot products eight slots at a time, the exponentials a vector at a time, then the
 // weighted sum of rows), the vector pieces coming from vector_lanes.h. Forward rows that
-// list the same keys as the row before them take their scores from a transposed copy of
-// those keys (KeyListTile).
+// list the same keys as their neighbours go eight at a time, one per vector lane
+// (SharedListRows).
 //
 // The backward makes one pass over the query rows of each (batch, head) and adds every
 // slot's terms to dK and dV of that (batch, head) as it goes. One task owns all rows of a
@@ -18,7 +18,6 @@
 #include <algorithm>
 #include <cstring>
 #include <limits>
-#include <numeric>
 #include <type_traits>
 #include <vector>
 
@@ -107,15 +106,11 @@ struct Problem {
 // slots overlaps those misses with the arithmetic on the current one.
 constexpr int64_t kSlotBlock = 8;  // slots per step of row_dots: eight_dots's width
 
-// Keys per step of KeyListTile::dots: eight sums of eight, enough independent
-// multiply-adds to cover their latency.
-constexpr int64_t kTileBlock = 64;
-
-// The row scratch of one task: kTileBlock more than the widest list, so a block of slots
-// never runs past it.
+// The row scratch of one task: a block of slots more than the widest list, so that a
+// block never runs past it.
 template <class T>
 std::vector<T> row_buffer(int64_t L) {
-  return std::vector<T>(L + kTileBlock);
+  return std::vector<T>(L + kSlotBlock);
 }
 
 // Asks for row slots[l] of `rows` (one (batch, head)'s (Tk, D) matrix) for l in [from, to);
@@ -161,87 +156,187 @@ template <class scalar_t, int kDim>
   for (int64_t l = 0; l < listed; ++l) dots[l] *= scale;
 }
 
-template <class scalar_t, int kDim>
-constexpr bool kTiled = kEightAtOnce<scalar_t, kDim>;
+// Rows taken together when they list the same keys: one row per lane of a vector.
+constexpr int64_t kGroupRows = cpu::kLanes<float>;
 
-// One (batch, head)'s key and value rows of one key list, copied for the rows that share
-// the list (each block of the fixed pattern shares one): the keys transposed, so that a
-// query's scores are plain multiply-adds over contiguous keys, eight vectors of eight at a
-// time with no horizontal sums (eight_dots spends most of its work on those); the values
-// contiguous, in list order. Only for float rows of up to 64 (kTiled); for others, serves()
-// is always false.
-template <class scalar_t, int kDim>
-class KeyListTile {
+// Whether two raw key lists agree at every slot where both list a key (where one slot is
+// empty, -1, the other may hold anything). A vector of slots at a time, stopping at the
+// first disagreement: at once for hashed lists and sliding windows.
+[[gnu::always_inline]] inline bool lists_agree(const int32_t* a, const int32_t* b, int64_t L) {
+  typedef int32_t Ints __attribute__((vector_size(32)));
+  constexpr int64_t kWidth = sizeof(Ints) / sizeof(int32_t);
+  int64_t l = 0;
+  for (; l + kWidth <= L; l += kWidth) {
+    Ints x, y;
+    std::memcpy(&x, a + l, sizeof(x));
+    std::memcpy(&y, b + l, sizeof(y));
+    const Ints clash = (x != y) & (x >= 0) & (y >= 0);
+    uint64_t words[4];
+    std::memcpy(words, &clash, sizeof(words));
+    if (words[0] | words[1] | words[2] | words[3]) return false;
+  }
+  for (; l < L; ++l) {
+    if (a[l] != b[l] && a[l] >= 0 && b[l] >= 0) return false;
+  }
+  return true;
+}
+
+// Consecutive query rows of one (batch, head) whose key lists agree (lists_agree) go up to
+// kGroupRows at once, one row per lane of every vector: each key and value element is
+// loaded once and broadcast to the group's rows, and the scores, maxima, exponentials and
+// sums are plain vector operations, with no horizontal sums and no pass over the list per
+// row. The group attends over the union of its lists; a slot that a row leaves empty gets
+// a score of -inf in that row's lane. The fixed pattern's blocks form such groups, with
+// shared-QK's dropped self slots included. Float rows of up to 64 only (kEightAtOnce).
+template <int kDim>
+class SharedListRows {
  public:
-  explicit KeyListTile(int64_t L) : previous_(row_buffer<int64_t>(L)), in_order_(row_buffer<int64_t>(L)) {
-    std::iota(in_order_.begin(), in_order_.end(), int64_t(0));
-  }
+  using Vec = cpu::Vec32<float>;
 
-  // Whether a row of (batch, head) bh that lists `slots` takes its keys and values from the
-  // tile: it does when it lists the same keys as the row before it. The tile is filled at
-  // the first such row and serves every row after it that does too.
-  bool serves(const Problem<scalar_t, kDim>& p, int64_t bh, const int64_t* slots, int64_t listed) {
-    if constexpr (!kTiled<scalar_t, kDim>) {
-      return false;
-    } else {
-      if (bh != previous_bh_ || listed != previous_listed_ || !std::equal(slots, slots + listed, previous_.data())) {
-        std::copy(slots, slots + listed, previous_.data());
-        previous_listed_ = listed;
-        previous_bh_ = bh;
-        filled_ = false;
-        return false;
-      }
-      if (!filled_ && listed > 0) fill(p.key(bh, 0), p.value(bh, 0), slots, listed);
-      filled_ = listed > 0;
-      return filled_;
+  explicit SharedListRows(int64_t L) : union_(L), compact_(L), slots_(L), terms_(L * kGroupRows) {}
+
+  // Gathers the rows from `row` on (to `limit` at most) whose lists agree, and returns their
+  // number; when it is more than 1 and their union lists any key, forward() may run.
+  [[gnu::always_inline]] int64_t gather(const Problem<float, kDim>& p, int64_t row, int64_t limit) {
+    const int64_t L = p.L;
+    lists_[0] = p.indices + p.list_row(row) * L;
+    std::copy(lists_[0], lists_[0] + L, union_.data());
+    int64_t count = 1;
+    for (; count < kGroupRows && row + count < limit; ++count) {
+      const int32_t* next = p.indices + p.list_row(row + count) * L;
+      if (!lists_agree(union_.data(), next, L)) break;
+      for (int64_t l = 0; l < L; ++l) union_[l] = std::max(union_[l], next[l]);
+      lists_[count] = next;
     }
+    if (count == 1) return 1;
+    listed_ = 0;
+    for (int64_t l = 0; l < L; ++l) {
+      compact_[l] = listed_;
+      slots_[listed_] = union_[l];
+      listed_ += union_[l] >= 0;
+    }
+    holes_.clear();
+    for (int64_t r = 0; r < count; ++r) find_holes(lists_[r], L, r, r == 0 ? count : kGroupRows);
+    return listed_ > 0 ? count : 1;
   }
 
-  // dots[l] = scale * (x . key l) for l < width_.
-  [[gnu::always_inline]] void dots(const scalar_t* x, scalar_t scale, scalar_t* out) const {
-    using Vec = cpu::Vec32<scalar_t>;
-    constexpr int kWidth = cpu::kLanes<scalar_t>;
-    for (int64_t l0 = 0; l0 < width_; l0 += kTileBlock) {
-      Vec sums[kTileBlock / kWidth] = {};
-      for (int d = 0; d < kDim; ++d) {
-        const scalar_t xd = x[d];
+  // out and lse of the `count` rows gather() found, starting at row `first` of (batch,
+  // head) bh. Lanes past `count` repeat the first row and are not written back.
+  [[gnu::always_inline]] void forward(const Problem<float, kDim>& p, int64_t bh, int64_t first, int64_t count,
+                                      float* out, float* lse) {
+    load_queries(p, first, count);
+    scores(p, bh);
+    for (const Hole& hole : holes_) term_lanes(hole.slot)[hole.lane] = -math::infinity<float>();
+    Vec row_max = Vec{} - math::infinity<float>();
+    for (int64_t l = 0; l < listed_; ++l) {
+      Vec score;
+      cpu::load(score, term_lanes(l));
+      row_max = row_max > score ? row_max : score;
+    }
+    // A row whose lane has no key (all -inf) keeps terms of exp(-inf) = 0 and a sum of 0.
+    const Vec shift = row_max == -math::infinity<float>() ? Vec{} : row_max;
+    Vec sums[2] = {};
+    for (int64_t l = 0; l < listed_; ++l) {  // the terms, two sums side by side
+      Vec term;
+      cpu::load(term, term_lanes(l));
+      term -= shift;
+      cpu::exp_in_place(term);
+      std::memcpy(term_lanes(l), &term, sizeof(term));
+      sums[l % 2] += term;
+    }
+    const Vec sum = sums[0] + sums[1];
+    float inverse[kGroupRows];
+    for (int r = 0; r < kGroupRows; ++r) inverse[r] = sum[r] > 0 ? 1 / sum[r] : 0.0f;
+    // Eight value columns per pass, so the eight column sums stay in registers.
 #pragma GCC unroll 8
-        for (int u = 0; u < kTileBlock / kWidth; ++u) {
-          Vec keys_d;
-          cpu::load(keys_d, keys_t_.data() + d * width_ + l0 + kWidth * u);
-          sums[u] += xd * keys_d;
-        }
+    for (int c = 0; c < kDim; c += kGroupRows) {
+      Vec columns[kGroupRows] = {};
+      for (int64_t l = 0; l < listed_; ++l) {
+        const float* value = p.value(bh, slots_[l]) + c;
+        Vec term;
+        cpu::load(term, term_lanes(l));
+#pragma GCC unroll 8
+        for (int u = 0; u < kGroupRows; ++u) columns[u] += term * value[u];
       }
+      for (int64_t r = 0; r < count; ++r) {
 #pragma GCC unroll 8
-      for (int u = 0; u < kTileBlock / kWidth; ++u) {
-        const Vec scaled = scale * sums[u];
-        std::memcpy(out + l0 + kWidth * u, &scaled, sizeof(Vec));
+        for (int u = 0; u < kGroupRows; ++u) out[(first + r) * kDim + c + u] = columns[u][r] * inverse[r];
       }
     }
+    for (int64_t r = 0; r < count; ++r) lse[first + r] = math::softmax_lse(shift[r], sum[r]);
   }
-
-  // The value rows in list order, and the slots that name them (0, 1, 2, ...).
-  const scalar_t* values() const { return values_.data(); }
-  const int64_t* in_order() const { return in_order_.data(); }
 
  private:
-  void fill(const scalar_t* keys, const scalar_t* vals, const int64_t* slots, int64_t listed) {
-    width_ = (listed + kTileBlock - 1) / kTileBlock * kTileBlock;
-    keys_t_.assign(kDim * width_, scalar_t(0));
-    values_.resize(width_ * kDim);
-    for (int64_t l = 0; l < listed; ++l) {
-      const scalar_t* key = keys + slots[l] * kDim;
-      for (int d = 0; d < kDim; ++d) keys_t_[d * width_ + l] = key[d];
-      std::memcpy(values_.data() + l * kDim, vals + slots[l] * kDim, kDim * sizeof(scalar_t));
+  // queries_[d] = scale * q[first + r][d] in lane r.
+  [[gnu::always_inline]] void load_queries(const Problem<float, kDim>& p, int64_t first, int64_t count) {
+    float lanes[kDim][kGroupRows];
+    for (int64_t r = 0; r < kGroupRows; ++r) {
+      const float* query = p.q + (first + (r < count ? r : 0)) * kDim;
+      for (int d = 0; d < kDim; ++d) lanes[d][r] = p.scale * query[d];
+    }
+    std::memcpy(queries_, lanes, sizeof(lanes));
+  }
+
+  // A slot of the union that a row leaves empty: -inf in the row's lane.
+  struct Hole {
+    int64_t slot;
+    int lane;
+  };
+
+  // The holes of row r's raw list against the union (and of the lanes from `repeats` on,
+  // which repeat row 0). A vector of slots at a time: rows usually have none or one.
+  [[gnu::always_inline]] void find_holes(const int32_t* list, int64_t L, int r, int64_t repeats) {
+    typedef int32_t Ints __attribute__((vector_size(32)));
+    constexpr int64_t kWidth = sizeof(Ints) / sizeof(int32_t);
+    for (int64_t l0 = 0; l0 < L; l0 += kWidth) {
+      if (l0 + kWidth <= L) {
+        Ints x, u;
+        std::memcpy(&x, list + l0, sizeof(x));
+        std::memcpy(&u, union_.data() + l0, sizeof(u));
+        const Ints hole = (x < 0) & (u >= 0);
+        uint64_t words[4];
+        std::memcpy(words, &hole, sizeof(words));
+        if (!(words[0] | words[1] | words[2] | words[3])) continue;
+      }
+      for (int64_t l = l0; l < std::min(l0 + kWidth, L); ++l) {
+        if (list[l] >= 0 || union_[l] < 0) continue;
+        holes_.push_back({compact_[l], r});
+        for (int64_t lane = repeats; lane < kGroupRows; ++lane) holes_.push_back({compact_[l], static_cast<int>(lane)});
+      }
     }
   }
 
-  std::vector<scalar_t> keys_t_;  // (kDim, width_), zeros past the listed keys
-  std::vector<scalar_t> values_;  // (width_, kDim)
-  int64_t width_ = 0;             // the listed keys rounded up to kTileBlock
-  std::vector<int64_t> previous_, in_order_;
-  int64_t previous_listed_ = -1, previous_bh_ = -1;
-  bool filled_ = false;
+  // terms_[l] = the group's scores of slot l. Eight slots at a time, eight independent
+  // sums of multiply-adds; the last step repeats the last slot.
+  [[gnu::always_inline]] void scores(const Problem<float, kDim>& p, int64_t bh) {
+    for (int64_t l0 = 0; l0 < listed_; l0 += kGroupRows) {
+      const float* keys[kGroupRows];
+      for (int64_t u = 0; u < kGroupRows; ++u) keys[u] = p.key(bh, slots_[std::min(l0 + u, listed_ - 1)]);
+      Vec sums[kGroupRows] = {};
+#pragma GCC unroll 64
+      for (int d = 0; d < kDim; ++d) {
+#pragma GCC unroll 8
+        for (int u = 0; u < kGroupRows; ++u) sums[u] += queries_[d] * keys[u][d];
+      }
+      for (int64_t u = 0; u < std::min(kGroupRows, listed_ - l0); ++u) {
+        std::memcpy(term_lanes(l0 + u), &sums[u], sizeof(Vec));
+      }
+    }
+  }
+
+  float* term_lanes(int64_t l) { return terms_.data() + l * kGroupRows; }
+
+  Vec queries_[kDim];
+  const int32_t* lists_[kGroupRows];  // the raw lists of the group's rows
+  std::vector<int32_t> union_;        // (L): their union, slot by slot
+  std::vector<int64_t> compact_;      // (L): a union slot's place among the listed ones
+  std::vector<int64_t> slots_;        // (listed_): the union's keys, empty slots left out
+  int64_t listed_ = 0;
+  std::vector<Hole> holes_;
+  // (listed_, kGroupRows): per slot and row, the score, then the term. Floats, not
+  // vectors: a std::vector of a vector type loses the type's 32-byte alignment (GCC drops
+  // attributes on template arguments).
+  std::vector<float> terms_;
 };
 
 // sum_l weights[l] * rows[slots[l]] of the first `listed` slots, times `scale`, into dst.
@@ -341,17 +436,20 @@ std::tuple<at::Tensor, at::Tensor> sparse_attention_forward_cpu(const at::Tensor
         std::vector<scalar_t> terms = row_buffer<scalar_t>(p.L);
         std::vector<int64_t> slot_buffer = row_buffer<int64_t>(p.L);
         const int64_t* slots = slot_buffer.data();
-        KeyListTile<scalar_t, kDim> tile(p.L);
+        std::conditional_t<kEightAtOnce<scalar_t, kDim>, SharedListRows<kDim>, int> shared_rows(p.L);
         for (int64_t row = begin; row < end; ++row) {
           const int64_t bh = row / p.Tq;
+          if constexpr (kEightAtOnce<scalar_t, kDim>) {
+            const int64_t count = shared_rows.gather(p, row, std::min(end, (bh + 1) * p.Tq));
+            if (count > 1) {
+              shared_rows.forward(p, bh, row, count, out_data, lse_data);
+              row += count - 1;
+              continue;
+            }
+          }
           const int64_t listed = p.listed_slots(row, slot_buffer.data());
           scalar_t* dst = out_data + row * p.dim();
-          const bool tiled = tile.serves(p, bh, slots, listed);
-          if (tiled) {
-            tile.dots(p.q + row * p.dim(), p.scale, terms.data());
-          } else {
-            row_dots(p, p.q + row * p.dim(), p.key(bh, 0), slots, listed, p.scale, terms.data());
-          }
+          row_dots(p, p.q + row * p.dim(), p.key(bh, 0), slots, listed, p.scale, terms.data());
           const scalar_t row_max = cpu::row_maximum(terms.data(), listed);
           if (row_max == -math::infinity<scalar_t>()) {  // no key: every shifted_exp term is 0
             std::fill(dst, dst + p.dim(), scalar_t(0));
@@ -360,8 +458,7 @@ std::tuple<at::Tensor, at::Tensor> sparse_attention_forward_cpu(const at::Tensor
           }
           const scalar_t sum = cpu::exp_shifted(terms.data(), listed, row_max, terms.data());
           // The terms unnormalised, one division per row: sum >= 1, the largest key's term being exp(0).
-          weighted_rows(p, terms.data(), tiled ? tile.values() : p.value(bh, 0), tiled ? tile.in_order() : slots,
-                        listed, 1 / sum, dst);
+          weighted_rows(p, terms.data(), p.value(bh, 0), slots, listed, 1 / sum, dst);
           lse_data[row] = math::softmax_lse(row_max, sum);
         }
       });
