@@ -318,3 +318,20 @@ def test_bucket_mode_ranks_near_ties_as_the_cpu_does():
     on_cpu = ops.topk_keys(codes, codes, 50, mode="bucket", q=q, k=k)
     on_cuda = ops.topk_keys(codes.cuda(), codes.cuda(), 50, mode="bucket", q=q.cuda(), k=k.cuda())
     assert torch.equal(on_cuda.cpu(), on_cpu)
+
+
+@requires_cuda
+@pytest.mark.parametrize("keys, words", [(5120, 1), (5121, 1), (2560, 2), (2561, 2)])
+@pytest.mark.parametrize("padding", PADDINGS)
+def test_hamming_topk_with_and_without_staged_key_codes(keys, words, padding):
+    """The CUDA kernel copies a (batch, head)'s key codes to shared memory when they fit in
+    40 KiB (keys * words <= 5120) and every row of a block has that (batch, head); 7
+    queries per (batch, head) make blocks of 4 rows that straddle two. Both ways agree
+    with the CPU."""
+    mask = padding_mask(padding, 2, keys, torch.Generator().manual_seed(keys))
+    q_codes = random_codes(2, 3, 7, words, seed=keys, device="cpu", n_distinct=5)
+    k_codes = random_codes(2, 3, keys, words, seed=keys + 1, device="cpu", n_distinct=5)
+    on_cpu = ops.topk_keys(q_codes, k_codes, 40, key_padding_mask=mask)
+    on_cuda = ops.topk_keys(q_codes.cuda(), k_codes.cuda(), 40,
+                            key_padding_mask=None if mask is None else mask.cuda())
+    assert torch.equal(on_cuda.cpu(), on_cpu)

@@ -117,12 +117,15 @@ at::Tensor topk_keys_cuda(const at::Tensor& q_codes_in, const at::Tensor& k_code
   const int64_t B = q_codes.size(0), H = q_codes.size(1), Tq = q_codes.size(2), Tk = k_codes.size(2);
   at::Tensor out = new_output({B, H, Tq, L}, q_codes.options().dtype(at::kInt));
   if (out.numel() == 0) return out;
-  const TopkParams params{B * H * Tq, H, Tq, Tk, static_cast<int>(q_codes.size(3)), n_bits, static_cast<int>(L),
+  const int words = static_cast<int>(q_codes.size(3));
+  const int64_t staged_bytes = Tk * words * static_cast<int64_t>(sizeof(int64_t));
+  const bool stage_keys = !bucket && staged_bytes <= kMaxStagedCodeBytes;
+  const TopkParams params{B * H * Tq, H, Tq, Tk, words, n_bits, static_cast<int>(L),
                           q_codes.data_ptr<int64_t>(), k_codes.data_ptr<int64_t>(),
-                          mask ? mask->data_ptr<bool>() : nullptr, out.data_ptr<int32_t>()};
+                          mask ? mask->data_ptr<bool>() : nullptr, out.data_ptr<int32_t>(), stage_keys};
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   if (!bucket) {
-    hamming_topk_kernel<<<blocks_for_rows(params.rows), kWarps * 32, 0, stream>>>(params);
+    hamming_topk_kernel<<<blocks_for_rows(params.rows), kWarps * 32, stage_keys ? staged_bytes : 0, stream>>>(params);
   } else {
     const at::Tensor q = q_in->to(at::kFloat).contiguous(), k = k_in->to(at::kFloat).contiguous();
     bucket_topk_kernel<<<blocks_for_rows(params.rows), kWarps * 32, 0, stream>>>(

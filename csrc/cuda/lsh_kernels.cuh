@@ -10,6 +10,8 @@
 //   hamming_topk_kernel:  a histogram of the scores (0 .. n_bits) in shared memory finds
 //                         the L-th best score; one walk in distance order places the keys,
 //                         so the tie-break of lsh_select.h needs no sort and no (T, T) matrix.
+//                         Both passes read every key code: a block copies its (batch,
+//                         head)'s codes to shared memory once for its rows when they fit.
 //   bucket_topk_kernel:   the keys whose code equals the query's, merged chunk by chunk
 //                         into a sorted buffer of the best L (by q . k, then distance, then j).
 
@@ -132,13 +134,34 @@ struct TopkParams {
   const int64_t* k_codes;   // (B, H, Tk, W)
   const bool* key_padding;  // (B, Tk) or nullptr
   int32_t* out;             // (B, H, Tq, L)
+  bool stage_keys;          // hamming_topk_kernel: a (batch, head)'s codes fit kMaxStagedCodeBytes
 };
 
-// Score of key j for the query whose code is in registers; -1 when j is padded or absent.
-__device__ __forceinline__ int hamming_score(const TopkParams& p, const int64_t* query_code, int64_t bh, int64_t b,
-                                             int64_t j) {
+// The most shared memory hamming_topk_kernel takes for staged key codes: within the 48 KiB
+// a block gets without opting in, beside its histograms, and small enough that several
+// blocks share a multiprocessor (T = 5120 keys of one 64-bit word).
+constexpr int64_t kMaxStagedCodeBytes = 40 << 10;
+
+// Score of key j for the query whose code is in registers, against one (batch, head)'s key
+// codes `codes` (global or shared memory); -1 when j is padded or absent.
+__device__ __forceinline__ int hamming_score(const TopkParams& p, const int64_t* query_code, const int64_t* codes,
+                                             int64_t b, int64_t j) {
   if (j < 0 || j >= p.keys || (p.key_padding && p.key_padding[b * p.keys + j])) return -1;
-  return lsh::equal_bits(query_code, p.k_codes + (bh * p.keys + j) * p.words, p.words, p.n_bits);
+  return lsh::equal_bits(query_code, codes + j * p.words, p.words, p.n_bits);
+}
+
+// Copies the key codes of the block's (batch, head) to `staged` when the host made room
+// (p.stage_keys) and every row of the block has that (batch, head); returns whether it
+// did. The same answer for every thread of the block, so all of them reach the barrier.
+__device__ __forceinline__ bool stage_key_codes(const TopkParams& p, int64_t* staged) {
+  const int64_t first = static_cast<int64_t>(blockIdx.x) * kWarps;
+  const int64_t last = min(first + kWarps, p.rows) - 1;
+  const int64_t bh = first / p.queries;
+  if (!p.stage_keys || last / p.queries != bh) return false;
+  const int64_t* codes = p.k_codes + bh * p.keys * p.words;
+  for (int64_t e = threadIdx.x; e < p.keys * p.words; e += blockDim.x) staged[e] = codes[e];
+  __syncthreads();
+  return true;
 }
 
 __device__ __forceinline__ unsigned lanes_below() { return (1u << (threadIdx.x % 32)) - 1u; }
@@ -146,10 +169,13 @@ __device__ __forceinline__ unsigned lanes_below() { return (1u << (threadIdx.x %
 __global__ void __launch_bounds__(kWarps * 32) hamming_topk_kernel(TopkParams p) {
   __shared__ int shared_next[kWarps][lsh::kMaxBits + 1];  // histogram, then next free slot per score
   __shared__ int shared_threshold[kWarps][3];             // threshold score, room at it, slots taken
+  extern __shared__ int64_t staged_codes[];               // (Tk, W) when p.stage_keys
+  const bool staged = stage_key_codes(p, staged_codes);   // before any thread leaves
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int64_t row = static_cast<int64_t>(blockIdx.x) * kWarps + warp;
   if (row >= p.rows) return;
   const int64_t bh = row / p.queries, b = bh / p.heads, i = row % p.queries;
+  const int64_t* codes = staged ? staged_codes : p.k_codes + bh * p.keys * p.words;
   int* next = shared_next[warp];
   int64_t query_code[lsh::kMaxWords];
   for (int w = 0; w < p.words; ++w) query_code[w] = p.q_codes[row * p.words + w];
@@ -157,7 +183,7 @@ __global__ void __launch_bounds__(kWarps * 32) hamming_topk_kernel(TopkParams p)
   for (int s = lane; s <= p.n_bits; s += 32) next[s] = 0;
   __syncwarp();
   for (int64_t j = lane; j < p.keys; j += 32) {
-    const int score = hamming_score(p, query_code, bh, b, j);
+    const int score = hamming_score(p, query_code, codes, b, j);
     if (score >= 0) atomicAdd(&next[score], 1);
   }
   __syncwarp();
@@ -187,7 +213,7 @@ __global__ void __launch_bounds__(kWarps * 32) hamming_topk_kernel(TopkParams p)
   const int64_t steps = lsh::distance_order_length(i, p.keys);
   for (int64_t base = 0; base < steps; base += 32) {
     const int64_t d = base + lane;
-    const int score = d < steps ? hamming_score(p, query_code, bh, b, lsh::key_in_distance_order(i, d, p.keys)) : -1;
+    const int score = d < steps ? hamming_score(p, query_code, codes, b, lsh::key_in_distance_order(i, d, p.keys)) : -1;
     const unsigned at_threshold = __ballot_sync(kFullMask, score == threshold);
     const int rank_at_threshold = __popc(at_threshold & lanes_below());
     const bool taken = score > threshold || (score == threshold && rank_at_threshold < room);
@@ -224,7 +250,7 @@ __global__ void __launch_bounds__(kWarps * 32) bucket_topk_kernel(BucketParams b
 
   for (int64_t base = 0; base < p.keys; base += 32) {
     const int64_t j = base + lane;
-    const bool candidate = hamming_score(p, query_code, bh, b, j) == p.n_bits;
+    const bool candidate = hamming_score(p, query_code, p.k_codes + bh * p.keys * p.words, b, j) == p.n_bits;
     const unsigned candidates = __ballot_sync(kFullMask, candidate);
     if (candidates == 0) continue;
     const float dot = candidate ? lsh::bucket_dot(q, bp.k + (bh * p.keys + j) * bp.dim, bp.dim) : 0.f;
