@@ -193,10 +193,12 @@ class SharedListRows {
  public:
   using Vec = cpu::Vec32<float>;
 
-  explicit SharedListRows(int64_t L) : union_(L), compact_(L), slots_(L), terms_(L * kGroupRows) {}
+  explicit SharedListRows(int64_t L)
+      : union_(L), compact_(L), slots_(L), terms_(L * kGroupRows), grads_(L * kGroupRows) {}
 
   // Gathers the rows from `row` on (to `limit` at most) whose lists agree, and returns their
-  // number; when it is more than 1 and their union lists any key, forward() may run.
+  // number; when it is more than 1 and their union lists any key, forward() and
+  // backward() may run.
   [[gnu::always_inline]] int64_t gather(const Problem<float, kDim>& p, int64_t row, int64_t limit) {
     const int64_t L = p.L;
     lists_[0] = p.indices + p.list_row(row) * L;
@@ -224,9 +226,9 @@ class SharedListRows {
   // head) bh. Lanes past `count` repeat the first row and are not written back.
   [[gnu::always_inline]] void forward(const Problem<float, kDim>& p, int64_t bh, int64_t first, int64_t count,
                                       float* out, float* lse) {
-    load_queries(p, first, count);
-    scores(p, bh);
-    for (const Hole& hole : holes_) term_lanes(hole.slot)[hole.lane] = -math::infinity<float>();
+    load_lanes(p.q, first, count, p.scale, lanes_);
+    lane_dots(lanes_, p.key(bh, 0), terms_.data());
+    punch_holes();
     Vec row_max = Vec{} - math::infinity<float>();
     for (int64_t l = 0; l < listed_; ++l) {
       Vec score;
@@ -247,34 +249,116 @@ class SharedListRows {
     const Vec sum = sums[0] + sums[1];
     float inverse[kGroupRows];
     for (int r = 0; r < kGroupRows; ++r) inverse[r] = sum[r] > 0 ? 1 / sum[r] : 0.0f;
-    // Eight value columns per pass, so the eight column sums stay in registers.
+    weighted_columns(terms_.data(), p.value(bh, 0), first, count, inverse, out);
+    for (int64_t r = 0; r < count; ++r) lse[first + r] = math::softmax_lse(shift[r], sum[r]);
+  }
+
+  // The backward of the same rows: dq of each, and their terms added to dk and dv (bh's
+  // (Tk, D) rows of the gradients), from dO, out and lse of the forward.
+  [[gnu::always_inline]] void backward(const Problem<float, kDim>& p, int64_t bh, int64_t first, int64_t count,
+                                       const float* grad_out, const float* out, const float* lse, float* dq,
+                                       float* dk, float* dv) {
+    // The probabilities exp(score - lse): 0 in holes and in rows without a key (lse = +inf).
+    load_lanes(p.q, first, count, p.scale, lanes_);
+    lane_dots(lanes_, p.key(bh, 0), terms_.data());
+    punch_holes();
+    Vec row_lse;
+    for (int64_t r = 0; r < kGroupRows; ++r) row_lse[r] = lse[first + (r < count ? r : 0)];
+    for (int64_t l = 0; l < listed_; ++l) {
+      Vec term;
+      cpu::load(term, term_lanes(l));
+      term -= row_lse;
+      cpu::exp_in_place(term);
+      std::memcpy(term_lanes(l), &term, sizeof(term));
+    }
+    // dO_i . v_j, then the scores' gradients scale * p (dO_i . v_j - delta_i).
+    load_lanes(grad_out, first, count, 1.0f, lanes_);
+    lane_dots(lanes_, p.value(bh, 0), grads_.data());
+    float delta[kGroupRows];
+    for (int64_t r = 0; r < kGroupRows; ++r) {
+      const int64_t row = first + (r < count ? r : 0);
+      delta[r] = cpu::dot(grad_out + row * kDim, out + row * kDim, kDim);  // dO_i . out_i
+    }
+    for (int64_t l = 0; l < listed_; ++l) {
+      const float* prob = term_lanes(l);
+      float* grad = grads_.data() + l * kGroupRows;
+#pragma GCC unroll 8
+      for (int r = 0; r < kGroupRows; ++r) grad[r] = p.scale * math::softmax_logit_grad(prob[r], grad[r], delta[r]);
+    }
+    float ones[kGroupRows];
+    std::fill(ones, ones + kGroupRows, 1.0f);
+    weighted_columns(grads_.data(), p.key(bh, 0), first, count, ones, dq);
+    add_to_slot_rows(grads_.data(), p.q + first * kDim, count, dk);
+    add_to_slot_rows(terms_.data(), grad_out + first * kDim, count, dv);
+  }
+
+ private:
+  // lanes[d] = scale * rows[first + r][d] in lane r (lanes past `count` repeat row first).
+  [[gnu::always_inline]] static void load_lanes(const float* rows, int64_t first, int64_t count, float scale,
+                                                Vec* lanes) {
+    float transposed[kDim][kGroupRows];
+    for (int64_t r = 0; r < kGroupRows; ++r) {
+      const float* row = rows + (first + (r < count ? r : 0)) * kDim;
+      for (int d = 0; d < kDim; ++d) transposed[d][r] = scale * row[d];
+    }
+    std::memcpy(lanes, transposed, sizeof(transposed));
+  }
+
+  // dst[l] (a vector) = lanes . matrix[slot l] for every listed slot, matrix one (batch,
+  // head)'s (Tk, D) keys or values. Eight slots at a time, eight independent sums of
+  // multiply-adds; the last step repeats the last slot.
+  [[gnu::always_inline]] void lane_dots(const Vec* lanes, const float* matrix, float* dst) const {
+    for (int64_t l0 = 0; l0 < listed_; l0 += kGroupRows) {
+      const float* rows[kGroupRows];
+      for (int64_t u = 0; u < kGroupRows; ++u) rows[u] = matrix + slots_[std::min(l0 + u, listed_ - 1)] * kDim;
+      Vec sums[kGroupRows] = {};
+#pragma GCC unroll 64
+      for (int d = 0; d < kDim; ++d) {
+#pragma GCC unroll 8
+        for (int u = 0; u < kGroupRows; ++u) sums[u] += lanes[d] * rows[u][d];
+      }
+      for (int64_t u = 0; u < std::min(kGroupRows, listed_ - l0); ++u) {
+        std::memcpy(dst + (l0 + u) * kGroupRows, &sums[u], sizeof(Vec));
+      }
+    }
+  }
+
+  // -inf in the score of every hole.
+  void punch_holes() {
+    for (const Hole& hole : holes_) term_lanes(hole.slot)[hole.lane] = -math::infinity<float>();
+  }
+
+  // dst[first + r] = row_scale[r] * sum_l weights[l][r] * matrix[slot l] for r < count.
+  // Eight columns per pass, so the eight column sums stay in registers.
+  [[gnu::always_inline]] void weighted_columns(const float* weights, const float* matrix, int64_t first,
+                                               int64_t count, const float* row_scale, float* dst) const {
 #pragma GCC unroll 8
     for (int c = 0; c < kDim; c += kGroupRows) {
       Vec columns[kGroupRows] = {};
       for (int64_t l = 0; l < listed_; ++l) {
-        const float* value = p.value(bh, slots_[l]) + c;
-        Vec term;
-        cpu::load(term, term_lanes(l));
+        const float* row = matrix + slots_[l] * kDim + c;
+        Vec weight;
+        cpu::load(weight, weights + l * kGroupRows);
 #pragma GCC unroll 8
-        for (int u = 0; u < kGroupRows; ++u) columns[u] += term * value[u];
+        for (int u = 0; u < kGroupRows; ++u) columns[u] += weight * row[u];
       }
       for (int64_t r = 0; r < count; ++r) {
 #pragma GCC unroll 8
-        for (int u = 0; u < kGroupRows; ++u) out[(first + r) * kDim + c + u] = columns[u][r] * inverse[r];
+        for (int u = 0; u < kGroupRows; ++u) dst[(first + r) * kDim + c + u] = columns[u][r] * row_scale[r];
       }
     }
-    for (int64_t r = 0; r < count; ++r) lse[first + r] = math::softmax_lse(shift[r], sum[r]);
   }
 
- private:
-  // queries_[d] = scale * q[first + r][d] in lane r.
-  [[gnu::always_inline]] void load_queries(const Problem<float, kDim>& p, int64_t first, int64_t count) {
-    float lanes[kDim][kGroupRows];
-    for (int64_t r = 0; r < kGroupRows; ++r) {
-      const float* query = p.q + (first + (r < count ? r : 0)) * kDim;
-      for (int d = 0; d < kDim; ++d) lanes[d][r] = p.scale * query[d];
+  // grads[slot l] += sum over r < count of weights[l][r] * rows[r], for every listed slot:
+  // the group's terms of dK (weights dS, rows the queries) or dV (weights P, rows dO).
+  [[gnu::always_inline]] void add_to_slot_rows(const float* weights, const float* rows, int64_t count,
+                                               float* grads) const {
+    for (int64_t l = 0; l < listed_; ++l) {
+      cpu::RowVector<float, kDim> sum;
+      sum.load_from(grads + slots_[l] * kDim);
+      for (int64_t r = 0; r < count; ++r) sum.add_scaled(weights[l * kGroupRows + r], rows + r * kDim);
+      sum.store_scaled(grads + slots_[l] * kDim, 1.0f);
     }
-    std::memcpy(queries_, lanes, sizeof(lanes));
   }
 
   // A slot of the union that a row leaves empty: -inf in the row's lane.
@@ -306,37 +390,20 @@ class SharedListRows {
     }
   }
 
-  // terms_[l] = the group's scores of slot l. Eight slots at a time, eight independent
-  // sums of multiply-adds; the last step repeats the last slot.
-  [[gnu::always_inline]] void scores(const Problem<float, kDim>& p, int64_t bh) {
-    for (int64_t l0 = 0; l0 < listed_; l0 += kGroupRows) {
-      const float* keys[kGroupRows];
-      for (int64_t u = 0; u < kGroupRows; ++u) keys[u] = p.key(bh, slots_[std::min(l0 + u, listed_ - 1)]);
-      Vec sums[kGroupRows] = {};
-#pragma GCC unroll 64
-      for (int d = 0; d < kDim; ++d) {
-#pragma GCC unroll 8
-        for (int u = 0; u < kGroupRows; ++u) sums[u] += queries_[d] * keys[u][d];
-      }
-      for (int64_t u = 0; u < std::min(kGroupRows, listed_ - l0); ++u) {
-        std::memcpy(term_lanes(l0 + u), &sums[u], sizeof(Vec));
-      }
-    }
-  }
-
   float* term_lanes(int64_t l) { return terms_.data() + l * kGroupRows; }
 
-  Vec queries_[kDim];
+  Vec lanes_[kDim];                   // the group's queries (or dO), row r in lane r
   const int32_t* lists_[kGroupRows];  // the raw lists of the group's rows
   std::vector<int32_t> union_;        // (L): their union, slot by slot
   std::vector<int64_t> compact_;      // (L): a union slot's place among the listed ones
   std::vector<int64_t> slots_;        // (listed_): the union's keys, empty slots left out
   int64_t listed_ = 0;
   std::vector<Hole> holes_;
-  // (listed_, kGroupRows): per slot and row, the score, then the term. Floats, not
-  // vectors: a std::vector of a vector type loses the type's 32-byte alignment (GCC drops
-  // attributes on template arguments).
-  std::vector<float> terms_;
+  // (listed_, kGroupRows) each, per slot and row: the score, then the term (forward) or
+  // probability (backward); the gradient of the score (backward). Floats, not vectors: a
+  // std::vector of a vector type loses the type's 32-byte alignment (GCC drops attributes
+  // on template arguments).
+  std::vector<float> terms_, grads_;
 };
 
 // sum_l weights[l] * rows[slots[l]] of the first `listed` slots, times `scale`, into dst.
@@ -503,6 +570,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> sparse_attention_backward_cpu(
         std::vector<scalar_t> probs = row_buffer<scalar_t>(p.L), grad_scores = row_buffer<scalar_t>(p.L);
         std::vector<int64_t> slot_buffer = row_buffer<int64_t>(p.L);
         const int64_t* slots = slot_buffer.data();
+        std::conditional_t<kEightAtOnce<scalar_t, kDim>, SharedListRows<kDim>, int> shared_rows(p.L);
         for (int64_t task = begin; task < end; ++task) {
           const int64_t share = task / pairs, bh = task % pairs;
           scalar_t* dk = share_rows(grad_k, extra_grad_k, share, bh);
@@ -510,6 +578,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> sparse_attention_backward_cpu(
           const int64_t first = bh * p.Tq + share * rows_per_share;
           const int64_t last = bh * p.Tq + std::min(p.Tq, (share + 1) * rows_per_share);
           for (int64_t row = first; row < last; ++row) {
+            if constexpr (kEightAtOnce<scalar_t, kDim>) {
+              const int64_t count = shared_rows.gather(p, row, last);
+              if (count > 1) {
+                shared_rows.backward(p, bh, row, count, dO, out_data, lse_data, dq, dk, dv);
+                row += count - 1;
+                continue;
+              }
+            }
             const int64_t listed = p.listed_slots(row, slot_buffer.data());
             const scalar_t* query = p.q + row * p.dim();
             const scalar_t* grad_row = dO + row * p.dim();
