@@ -82,7 +82,7 @@ def test_matches_reference_on_random_shapes(device, dtype, batch, heads, queries
 
 
 @pytest.mark.parametrize("device, dtype", DEVICE_DTYPES)
-@pytest.mark.parametrize("dim", [16, 64, 24])
+@pytest.mark.parametrize("dim", [16, 32, 64, 24])
 def test_rows_sharing_a_key_list_match_rows_that_do_not(device, dtype, dim):
     """Runs of rows with one key list (the CPU forward takes such rows eight at a time),
     with an empty row inside a run, broken by a different list, the same keys in another
@@ -98,7 +98,7 @@ def test_rows_sharing_a_key_list_match_rows_that_do_not(device, dtype, dim):
 
 
 @pytest.mark.parametrize("device, dtype", DEVICE_DTYPES)
-@pytest.mark.parametrize("dim", [16, 64])
+@pytest.mark.parametrize("dim", [16, 32, 64])
 def test_rows_whose_lists_differ_only_in_empty_slots(device, dtype, dim):
     """Rows whose lists agree wherever both list a key, as shared-QK makes them (each row of
     a block drops its own key): the CPU forward takes them together over the union of their
