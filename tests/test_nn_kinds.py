@@ -72,13 +72,24 @@ def test_performer_memory_is_linear_in_length():
     assert out.shape == (1, 20_000, 16) and torch.isfinite(out).all()
 
 
-@pytest.mark.parametrize("heads, counts", [(12, (5, 1, 1, 5)), (1, (1, 0, 0, 0)), (4, (2, 0, 0, 2)),
-                                           (8, (3, 1, 1, 3)), (24, (10, 2, 2, 10)), (6, (3, 0, 0, 3))])
+@pytest.mark.parametrize("heads, counts", [(12, (5, 1, 1, 5)), (1, (1, 0, 0, 0)), (2, (1, 0, 0, 1)),
+                                           (3, (2, 0, 0, 1)), (4, (1, 1, 1, 1)), (5, (1, 1, 1, 2)),
+                                           (6, (2, 1, 1, 2)), (8, (3, 1, 1, 3)), (24, (10, 2, 2, 10))])
 def test_fixed_pattern_keeps_the_paper_proportions(heads, counts):
     roles = head_roles(heads)
     assert len(roles) == heads
     assert tuple(roles.count(r) for r in ("diagonal", "increasing", "decreasing", "sparse")) == counts
     assert roles == sorted(roles, key=("diagonal", "increasing", "decreasing", "sparse").index)
+
+
+@pytest.mark.parametrize("heads", range(4, 33))
+def test_fixed_pattern_from_four_heads_averages_both_ways_and_looks_both_ways(heads):
+    """At least one increasing and one decreasing head (the heads that average the
+    utterance), and diagonal heads whose offsets are symmetric about the diagonal."""
+    roles = head_roles(heads)
+    assert roles.count("increasing") >= 1 and roles.count("decreasing") >= 1
+    offsets = diagonal_offsets(roles.count("diagonal"))
+    assert sorted(offsets) == sorted(-offset for offset in offsets) and len(set(offsets)) == len(offsets)
 
 
 def test_fixed_pattern_heads_of_the_paper():

@@ -2,7 +2,8 @@
 four kinds of pattern that the heads of a trained audio transformer show. Of 12 heads:
 5 diagonal (a peak at key i + offset, offsets -2..2), 1 increasing (weight grows with the
 key index), 1 decreasing, 5 sparse (a few fixed key columns); other head counts keep those
-proportions, in that order."""
+proportions, in that order, with at least one increasing and one decreasing head from 4
+heads on (`head_roles`)."""
 
 from __future__ import annotations
 
@@ -17,20 +18,32 @@ _PAPER_COUNTS = (5, 1, 1, 5)  # of 12 heads, in the order of ROLES
 def head_roles(num_heads: int) -> list[str]:
     """The role of each head, in the order of ROLES: the paper's 5:1:1:5 split of 12
     heads apportioned to `num_heads` by largest remainder (ties to the larger paper
-    group, then the earlier role), so 1 head is diagonal, 4 or 6 heads are half diagonal
-    and half sparse, 8 heads are 3, 1, 1, 3."""
+    group, then the earlier role). From 4 heads on, at least one increasing and one
+    decreasing head: the only roles that average the whole utterance, which largest
+    remainder alone would drop below 8 heads; each takes a head from the larger of the
+    diagonal and sparse groups (the diagonal one on a tie). So 1 head is diagonal, 4 heads
+    are one of each, 6 heads are 2, 1, 1, 2, 8 heads are 3, 1, 1, 3."""
     quotas = [num_heads * count / sum(_PAPER_COUNTS) for count in _PAPER_COUNTS]
     counts = [int(quota) for quota in quotas]
     by_remainder = sorted(range(len(ROLES)), key=lambda r: (counts[r] - quotas[r], -_PAPER_COUNTS[r], r))
     for r in by_remainder[: num_heads - sum(counts)]:
         counts[r] += 1
+    diagonal, increasing, decreasing, sparse = range(len(ROLES))
+    if num_heads >= 4:
+        for averaging in (increasing, decreasing):
+            if counts[averaging] == 0:
+                counts[diagonal if counts[diagonal] >= counts[sparse] else sparse] -= 1
+                counts[averaging] = 1
     return [role for role, count in zip(ROLES, counts) for _ in range(count)]
 
 
 def diagonal_offsets(count: int) -> list[int]:
-    """Offsets for `count` diagonal heads, nearest the diagonal first: -2..2 for 5."""
-    nearest = [0] + [sign * step for step in range(1, count) for sign in (-1, 1)]
-    return sorted(nearest[:count])
+    """Offsets for `count` diagonal heads, symmetric about the diagonal and nearest it
+    first: -2..2 for 5, [-1, 1] for 2 (an even count leaves out offset 0, so that every
+    head looking left has a twin looking right), [0] for 1."""
+    if count % 2:
+        return list(range(-(count // 2), count // 2 + 1))
+    return list(range(-(count // 2), 0)) + list(range(1, count // 2 + 1))
 
 
 def pattern_logits(num_heads: int, max_len: int, *, peak: float = 8.0, column_period: int = 100) -> torch.Tensor:
