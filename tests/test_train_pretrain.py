@@ -10,11 +10,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from fastattn.nn import AudioALBERTConfig
+from fastattn.nn import AudioALBERT, AudioALBERTConfig, input_independent_logits
+from fastattn_train import trivial_predictors
 from fastattn_train.checkpoint import load_checkpoint, save_checkpoint, write_atomically
 from fastattn_train.masking import MaskingConfig
 from fastattn_train.pretrain import (OptimConfig, PretrainConfig, config_from_dict, load_config, load_encoder,
-                                     pretrain)
+                                     lr_factor, make_optimizer, pretrain)
 from train_cases import SyntheticSpeech, collate
 
 CONFIGS = Path(__file__).parent.parent / "train" / "fastattn_train" / "configs"
@@ -145,6 +146,32 @@ def test_unknown_and_bad_keys_are_named():
         config_from_dict({"model": {"attention": "fixed_pattern", "max_len": 100}})
     with pytest.raises(ValueError, match="optim.decay"):
         config_from_dict({"optim": {"decay": "step"}})
+    with pytest.raises(ValueError, match="optim.logits_lr"):
+        config_from_dict({"optim": {"logits_lr": 0}})
+
+
+@pytest.mark.parametrize("attention", ["fixed_pattern", "synth_random", "full"])
+def test_attention_logits_get_their_own_learning_rate_and_no_weight_decay(attention):
+    model = AudioALBERT(AudioALBERTConfig.tiny(input_dim=12, hidden_size=24, num_heads=4, ffn_size=48,
+                                               attention=attention, max_len=32, share_layers=False))
+    optim = OptimConfig(lr=1e-3, logits_lr=0.05, weight_decay=0.1, warmup_steps=10)
+    optimizer = make_optimizer(model, optim)
+    logits = {id(p) for p in input_independent_logits(model)}
+    assert len(logits) == (0 if attention == "full" else model.config.num_layers)
+    grouped = [id(p) for group in optimizer.param_groups for p in group["params"]]
+    assert sorted(grouped) == sorted(id(p) for p in model.parameters())  # each parameter once
+    for group in optimizer.param_groups:
+        members = {id(p) for p in group["params"]}
+        if members & logits:
+            assert members == logits and group["lr"] == 0.05 and group["weight_decay"] == 0.0
+        else:
+            assert group["lr"] == 1e-3
+            assert group["weight_decay"] == (0.1 if all(p.dim() >= 2 for p in group["params"]) else 0.0)
+    assert len(optimizer.param_groups) == (2 if attention == "full" else 3)
+    # the warm-up scales every group alike
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor(optim, 100))
+    assert [group["lr"] for group in optimizer.param_groups][-1] == pytest.approx(
+        (1e-3 if attention == "full" else 0.05) * scheduler.lr_lambdas[0](0))
 
 
 def test_a_kind_with_max_len_trains_on_cropped_batches(tmp_path):
@@ -157,3 +184,11 @@ def test_a_kind_with_max_len_trains_on_cropped_batches(tmp_path):
 def test_feature_width_mismatch_is_named(tmp_path):
     with pytest.raises(ValueError, match="input_dim"):
         pretrain(tiny_config(tmp_path, model=AudioALBERTConfig.tiny(input_dim=13)), SyntheticSpeech(8, 0), collate)
+
+def test_pretraining_logs_the_trivial_predictors_on_its_masks(tmp_path):
+    pretrain(tiny_config(tmp_path, max_steps=4), SyntheticSpeech(16, 4), collate)
+    entries = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
+    assert len(entries) == 4
+    for entry in entries:
+        for name in trivial_predictors.NAMES:
+            assert entry[f"{name}_l1"] > 0

@@ -87,6 +87,17 @@ def test_report_gives_mean_and_spread_over_seeds(report):
     assert "±" in text and "over 2 seeds" in text
 
 
+def test_report_compares_every_run_with_the_trivial_predictors(report):
+    written = json.loads((report / "report.json").read_text())
+    for kind in KINDS_RUN:
+        for run in written["pretraining"][kind]:
+            assert set(run["recent_trivial_l1"]) == {"utterance_mean", "interpolation"}
+            assert run["beats"] == {name: run["recent_loss"] < value for name, value in run["recent_trivial_l1"].items()}
+    text = (report / "report.md").read_text()
+    section = text[text.index("## Pre-training against trivial predictors"):]
+    assert all(f"| {kind} | {seed} |" in section for kind in KINDS_RUN for seed in (0, 1))
+
+
 def test_report_tables_name_the_device_and_compare_times_with_full(report):
     written = json.loads((report / "report.json").read_text())
     timing = written["timing"]

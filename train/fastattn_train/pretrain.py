@@ -2,7 +2,8 @@
 config dataclass (loadable from YAML), one loop that logs, checkpoints and resumes.
 
 A run writes to `out_dir`: config.yaml (what was asked), log.jsonl (one line per logged
-step), checkpoint.pt (the latest state, written atomically) and, when TensorBoard is
+step: the batch's masked L1 and, on the same masks, that of the trivial predictors of
+trivial_predictors.py), checkpoint.pt (the latest state, written atomically) and, when TensorBoard is
 installed, tensorboard/. Resuming from checkpoint.pt continues bit for bit: the data order
 is a function of (seed, epoch), the consumed batches of the current epoch are skipped
 without loading them, and every random generator's state is restored.
@@ -31,10 +32,11 @@ import yaml
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler
 
-from fastattn.nn import AudioALBERT, AudioALBERTConfig
+from fastattn.nn import AudioALBERT, AudioALBERTConfig, input_independent_logits
 from fastattn_train.checkpoint import (load_checkpoint, restore_rng_state, rng_state, save_checkpoint,
                                        write_atomically)
 from fastattn_train.analysis.initialisation import apply_initialisation, load_initialisation
+from fastattn_train import trivial_predictors
 from fastattn_train.masking import MaskingConfig, mask_frames
 
 DECAYS = ("linear", "cosine", "constant")
@@ -47,7 +49,11 @@ class OptimConfig:
     lr: float = 2e-4  # peak learning rate, reached at the end of warm-up
     betas: tuple[float, float] = (0.9, 0.999)
     eps: float = 1e-6  # BERT's and Mockingjay's
-    weight_decay: float = 0.01  # on weight matrices only; biases and LayerNorms are not decayed
+    weight_decay: float = 0.01  # on weight matrices only; biases, LayerNorms and attention logits are not decayed
+    # Learning rate of input-independent attention logits (synth_random, fixed_pattern), on the
+    # same warm-up and decay; None: lr. Logits start at a peak of 8 and Adam moves a parameter
+    # by about lr a step, so at lr = 1e-3 a few hundred steps move them by well under 1.
+    logits_lr: float | None = None
     warmup_steps: int = 0
     decay: str = "linear"  # after warm-up: "linear" or "cosine" to 0 at max_steps, or "constant"
     grad_clip: float | None = 1.0  # max global gradient norm; None: no clipping
@@ -59,6 +65,8 @@ class OptimConfig:
         if not (self.lr > 0 and len(self.betas) == 2 and self.warmup_steps >= 0):
             raise ValueError(f"optim needs lr > 0, two betas and warmup_steps >= 0; got lr={self.lr!r}, "
                              f"betas={self.betas!r}, warmup_steps={self.warmup_steps!r}")
+        if self.logits_lr is not None and not self.logits_lr > 0:
+            raise ValueError(f"optim.logits_lr must be positive or None, got {self.logits_lr!r}")
         if self.grad_clip is not None and self.grad_clip <= 0:
             raise ValueError(f"optim.grad_clip must be positive or None, got {self.grad_clip!r}")
 
@@ -190,11 +198,16 @@ def lr_factor(optim: OptimConfig, max_steps: int):
 
 
 def make_optimizer(model: nn.Module, optim: OptimConfig) -> torch.optim.AdamW:
-    # BERT's rule: no weight decay on biases and LayerNorm scales (the 1-d parameters).
-    params = [p for p in model.parameters() if p.requires_grad]
+    """AdamW over three groups: weight matrices (decayed), biases and LayerNorm scales (the
+    1-d parameters: BERT's rule, not decayed), and input-independent attention logits (their
+    own learning rate, optim.logits_lr, and not decayed). Empty groups are left out."""
+    logits = input_independent_logits(model)
+    apart = {id(p) for p in logits}
+    params = [p for p in model.parameters() if p.requires_grad and id(p) not in apart]
     groups = [{"params": [p for p in params if p.dim() >= 2], "weight_decay": optim.weight_decay},
-              {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
-    return torch.optim.AdamW(groups, lr=optim.lr, betas=optim.betas, eps=optim.eps)
+              {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
+              {"params": logits, "weight_decay": 0.0, "lr": optim.logits_lr or optim.lr}]
+    return torch.optim.AdamW([g for g in groups if g["params"]], lr=optim.lr, betas=optim.betas, eps=optim.eps)
 
 
 @dataclass
@@ -341,11 +354,17 @@ def _train(config: PretrainConfig, dataset, collate, resume: bool, process: Proc
                 step += 1
                 window_frames += int((~padding).sum())
                 if step % config.log_every == 0 or step == config.max_steps:
-                    mean_loss = loss.detach()
+                    # The loss beside the trivial predictors' on the same masks (trivial_predictors.py).
+                    trivial = trivial_predictors.predictions(features, padding, chosen)
+                    losses = torch.stack([loss.detach()] + [masked_l1(trivial[name], features, chosen)
+                                                            for name in trivial_predictors.NAMES])
                     if process.world_size > 1:
-                        dist.all_reduce(mean_loss, op=dist.ReduceOp.AVG)
+                        dist.all_reduce(losses, op=dist.ReduceOp.AVG)
                     now = time.perf_counter()
+                    mean_loss = losses[0]
                     logger.record({"step": step, "loss": mean_loss.item(), "lr": lr,
+                                   **{f"{name}_l1": value.item() for name, value in
+                                      zip(trivial_predictors.NAMES, losses[1:])},
                                    "frames_per_s": window_frames * process.world_size / (now - window_start),
                                    "seconds": seconds_before + now - started})
                     window_start, window_frames = now, 0
@@ -415,7 +434,7 @@ class RunLog:
         self.file.write(json.dumps(entry) + "\n")
         self.file.flush()
         if self.tensorboard is not None:
-            for name in ("loss", "lr", "frames_per_s"):
+            for name in ("loss", "lr", "frames_per_s", *(f"{n}_l1" for n in trivial_predictors.NAMES)):
                 self.tensorboard.add_scalar(f"pretrain/{name}", entry[name], entry["step"])
         if self.bar is not None:
             self.bar.set_postfix(loss=f"{entry['loss']:.4f}", lr=f"{entry['lr']:.2e}")

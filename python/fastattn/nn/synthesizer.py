@@ -64,3 +64,12 @@ class RandomSynthesizer(nn.Module):
         logits = self.logits[:, :length, :length]
         out = ops.fixed_attention(logits, v, key_padding_mask=key_padding_mask)
         return out, (masked_softmax(logits, non_padded(key_padding_mask)) if need_weights else None)
+
+
+def input_independent_logits(module: nn.Module) -> list[nn.Parameter]:
+    """The trainable input-independent attention logits in `module` (R of synth_random and
+    fixed_pattern): parameters an optimiser should treat apart, since a weight decay pulls
+    a learned pattern back to uniform attention and a learning rate sized for projections
+    barely moves logits that start at a peak of 8."""
+    return [m.logits for m in module.modules() if isinstance(m, RandomSynthesizer) and m.logits.requires_grad]
+

@@ -48,8 +48,9 @@ from fastattn_train.features import FeatureSettings
 from fastattn_train.pretrain import config_to_dict, load_encoder, pretrain
 from fastattn_train.probes import ProbeConfig, encoder_features, input_features, probe_device, run_probes
 from fastattn_train.settings import pretrain_config
+from fastattn_train import trivial_predictors
 
-from .plots import plot_accuracy_against_time, plot_attention_maps, plot_loss_curves
+from .plots import SMOOTHING, plot_accuracy_against_time, plot_attention_maps, plot_loss_curves
 from .summary import BASELINE, accuracy_table, markdown, timing_table
 
 TIMING_WARMUP = 2
@@ -172,13 +173,15 @@ def run_report(settings: ReportSettings) -> dict:
     accuracy = accuracy_table(per_seed)
     times = timing_table(timing, runs)
     plot_accuracy_against_time(accuracy, times, out / "accuracy_vs_time.png", baseline=BASELINE)
-    plot_loss_curves({kind: [run["losses"] for run in runs[kind]] for kind in kinds}, out / "loss_curves.png")
+    plot_loss_curves({kind: [run["losses"] for run in runs[kind]] for kind in kinds}, out / "loss_curves.png",
+                     references=runs[kinds[0]][0]["trivial"])
     report = {
         "setup": setup(settings, base, corpus, splits, runs),
         "accuracy": accuracy,
         "timing": times,
         "pretraining": {kind: [{"seed": seed, "step": run["step"], "seconds": run["seconds"],
-                                "final_loss": run["losses"][-1][1] if run["losses"] else None}
+                                "final_loss": run["losses"][-1][1] if run["losses"] else None,
+                                **against_trivial_predictors(run)}
                                for seed, run in enumerate(runs[kind])] for kind in kinds},
         "probes": per_seed,
         "head_roles": roles,
@@ -249,7 +252,22 @@ def pretrain_run(out: Path, kind: str, seed: int, config_name: str, overrides, s
               f"as it is", file=sys.stderr)
     log = [json.loads(line) for line in (run_dir / "log.jsonl").read_text().splitlines() if line.strip()]
     return {"dir": run_dir, "step": checkpoint["step"], "seconds": float(checkpoint["seconds"]),
-            "model": config.model, "losses": [(entry["step"], entry["loss"]) for entry in log]}
+            "model": config.model, "losses": [(entry["step"], entry["loss"]) for entry in log],
+            "trivial": {name: [(entry["step"], entry[f"{name}_l1"]) for entry in log if f"{name}_l1" in entry]
+                        for name in trivial_predictors.NAMES}}
+
+
+def against_trivial_predictors(run: dict) -> dict:
+    """The run's masked L1 over its last logged steps (up to SMOOTHING of them) beside the
+    trivial predictors' on the same batches and masks, and whether it beat each; empty for
+    a run logged before they were."""
+    last = {name: points[-SMOOTHING:] for name, points in run["trivial"].items()}
+    if not run["losses"] or any(len(points) != len(run["losses"][-SMOOTHING:]) for points in last.values()):
+        return {}
+    recent = sum(loss for _, loss in run["losses"][-SMOOTHING:]) / len(run["losses"][-SMOOTHING:])
+    trivial = {name: sum(value for _, value in points) / len(points) for name, points in last.items()}
+    return {"recent_loss": recent, "recent_trivial_l1": trivial,
+            "beats": {name: recent < value for name, value in trivial.items()}}
 
 
 def check_same_run(run_dir: Path, config) -> None:

@@ -72,21 +72,31 @@ def plot_accuracy_against_time(accuracy: dict, timing: dict, path: Path, *, task
     _save(figure, path, dpi=100)
 
 
-def plot_loss_curves(curves: dict[str, list[list[tuple[int, float]]]], path: Path) -> None:
+def plot_loss_curves(curves: dict[str, list[list[tuple[int, float]]]], path: Path, *,
+                     references: dict[str, list[tuple[int, float]]] | None = None) -> None:
     """Pre-training loss against step, as a moving average over SMOOTHING logged steps (the
     runs of a seed see the same batches, so the raw curves mostly show which batches were
-    hard); one colour per kind, one line per seed, the legend beside the plot."""
+    hard); one colour per kind, one line per seed, the legend beside the plot. `references`
+    (name: points, the trivial predictors' L1 on one run's batches) are drawn dashed, grey."""
     figure = _figure(figsize=(9, 4.5))
     axes = figure.subplots()
+
+    def smoothed(points):
+        window = min(SMOOTHING, len(points))  # a short run is averaged over what it logged
+        steps, losses = torch.tensor(points, dtype=torch.float64).T
+        kernel = torch.full((1, 1, window), 1.0 / window, dtype=torch.float64)
+        averaged = torch.nn.functional.conv1d(losses[None, None], kernel)[0, 0]
+        return steps[window - 1:], averaged
+
     for index, (kind, runs) in enumerate(curves.items()):
         for seed, points in enumerate(runs):
             if points:
-                window = min(SMOOTHING, len(points))  # a short run is averaged over what it logged
-                steps, losses = torch.tensor(points, dtype=torch.float64).T
-                kernel = torch.full((1, 1, window), 1.0 / window, dtype=torch.float64)
-                averaged = torch.nn.functional.conv1d(losses[None, None], kernel)[0, 0]
-                axes.plot(steps[window - 1:], averaged, marker="." if len(averaged) == 1 else None,
+                steps, averaged = smoothed(points)
+                axes.plot(steps, averaged, marker="." if len(averaged) == 1 else None,
                           color=kind_colour(index), alpha=1.0 if seed == 0 else 0.4, label=kind if seed == 0 else None)
+    for style, (name, points) in zip(("--", ":"), (references or {}).items()):
+        if points:
+            axes.plot(*smoothed(points), linestyle=style, color="grey", label=f"{name.replace('_', ' ')} (trivial)")
     axes.set(xlabel="step", ylabel="masked L1 loss",
              title=f"Pre-training loss (moving average of {SMOOTHING} logged steps)")
     axes.legend(fontsize="small", loc="center left", bbox_to_anchor=(1.01, 0.5))

@@ -85,8 +85,8 @@ def phoneme_verdicts(accuracy: dict[str, dict[str, dict | None]], kinds: list[st
 def markdown(report: dict) -> str:
     """report.md: what ran, Table 2 and Table 1 in the paper's layouts, the head roles, the
     paper's numbers, and the plots."""
-    sections = [_header(report["setup"]), _accuracy_section(report), _timing_section(report),
-                _roles_section(report), _paper_section(), _plots_section(report)]
+    sections = [_header(report["setup"]), _accuracy_section(report), _trivial_section(report),
+                _timing_section(report), _roles_section(report), _paper_section(), _plots_section(report)]
     return "\n\n".join("\n".join(lines) for lines in sections) + "\n"
 
 
@@ -113,6 +113,25 @@ def _accuracy_section(report: dict) -> list[str]:
     lines += [f"| {row} | " + " | ".join(_accuracy(tasks[task]) for task in TASKS) + " |"
               for row, tasks in report["accuracy"].items()]
     return lines + ["", *phoneme_verdicts(report["accuracy"], report["setup"]["kinds"])]
+
+
+def _trivial_section(report: dict) -> list[str]:
+    """Each run's masked L1 at its end against predictors that need no model."""
+    rows = [(kind, run) for kind, runs in report["pretraining"].items() for run in runs if "beats" in run]
+    if not rows:
+        return ["## Pre-training against trivial predictors", "",
+                "Not available: these runs were logged without the trivial predictors."]
+    names = list(rows[0][1]["recent_trivial_l1"])
+    lines = ["## Pre-training against trivial predictors", "",
+             "Masked L1 over each run's last logged steps, and on the same batches and masks that of predictors "
+             "without a model: each utterance's mean seen frame, and a straight line across each masked span. "
+             "A model that does not beat them has learned no more than averaging or bridging the gap.", "",
+             *_table(["kind", "seed", "model L1", *(name.replace("_", " ") + " L1" for name in names),
+                      "beats both"])]
+    lines += [f"| {kind} | {run['seed']} | {run['recent_loss']:.3f} | "
+              + " | ".join(f"{run['recent_trivial_l1'][name]:.3f}" for name in names)
+              + f" | {'yes' if all(run['beats'].values()) else 'no'} |" for kind, run in rows]
+    return lines
 
 
 def _timing_section(report: dict) -> list[str]:
