@@ -59,6 +59,15 @@ def test_pretrain_then_probe(corpus, pretrained, tmp_path):
     main(["probe", str(corpus), "--cache", str(cache), "--checkpoint", str(run / "checkpoint.pt"),
           "--hidden", "16", "--epochs", "2", "--out", str(results)])
     assert set(json.loads(results.read_text())["test"]) == set(TASKS)
+    # every layer at once, weighted: one weight per hidden state (embedding included) and task
+    main(["probe", str(corpus), "--cache", str(cache), "--checkpoint", str(run / "checkpoint.pt"),
+          "--layer", "weighted", "--hidden", "16", "--epochs", "2", "--out", str(results)])
+    weights = json.loads(results.read_text())["layer_weights"]
+    layers = load_encoder(run / "checkpoint.pt").config.num_layers
+    assert set(weights) == set(TASKS) and all(len(w) == layers + 1 and abs(sum(w) - 1) < 1e-5 for w in weights.values())
+    with pytest.raises(ValueError, match="layer must be"):
+        main(["probe", str(corpus), "--cache", str(cache), "--checkpoint", str(run / "checkpoint.pt"),
+              "--layer", str(layers + 1), "--epochs", "1"])
 
 
 def test_analyse_then_start_fixed_pattern_from_it(corpus, pretrained, tmp_path):

@@ -1,5 +1,6 @@
 """fastattn_train.probes: the four probes learn the synthetic corpus's speakers and phones
-from frozen features, pool only valid frames, and name what they refuse."""
+from frozen features of any layer or a learned weighted sum of layers, standardised with
+train statistics, pool only valid frames, and name what they refuse."""
 
 from __future__ import annotations
 
@@ -9,8 +10,8 @@ import pytest
 import torch
 
 from fastattn.nn import AudioALBERT, AudioALBERTConfig
-from fastattn_train.probes import (ProbeConfig, encoder_features, extract, input_features, mean_pool,
-                                   run_probes)
+from fastattn_train.probes import (ProbeConfig, SplitFeatures, encoder_features, extract, input_features,
+                                   mean_pool, run_probes, standardised)
 from train_cases import SyntheticSpeech, collate
 
 SMALL = ProbeConfig(hidden_size=32, lr=1e-2, max_epochs=30, patience=5, utterance_batch_size=8, frame_batch_size=256,
@@ -63,6 +64,52 @@ def test_utterance_pooling_reads_valid_frames_only():
     batched = extract(encoder_features(encoder), data, collate, batch_size=4)
     alone = extract(encoder_features(encoder), data, collate, batch_size=1)
     torch.testing.assert_close(batched.pooled, alone.pooled, atol=1e-5, rtol=1e-5)
+
+
+def test_features_are_standardised_with_the_train_split_statistics():
+    def split(frames):
+        return SplitFeatures(frames=frames, pooled=torch.stack([f.mean(0) for f in frames]),
+                             speakers=torch.zeros(len(frames), dtype=torch.long), phones=None, seconds=0.0)
+
+    generator = torch.Generator().manual_seed(0)
+    train = [3 + 5 * torch.randn(n, 4, generator=generator) for n in (7, 9, 11)]
+    train[0][:, 3] = train[1][:, 3] = train[2][:, 3] = 2.0  # a feature constant on train
+    dev = [3 + 5 * torch.randn(6, 4, generator=generator)]
+    got = standardised({"train": split(train), "dev": split(dev)})
+    frames = torch.cat(got["train"].frames)
+    torch.testing.assert_close(frames[:, :3].mean(0), torch.zeros(3), atol=1e-5, rtol=0)
+    torch.testing.assert_close(frames[:, :3].std(0), torch.ones(3))
+    assert frames[:, 3].eq(0).all()
+    everything = torch.cat(train)
+    mean, std = everything.mean(0), everything.std(0)
+    torch.testing.assert_close(got["dev"].frames[0][:, :3], ((dev[0] - mean) / std)[:, :3])
+    torch.testing.assert_close(got["dev"].frames[0][:, 3], dev[0][:, 3] - 2.0)  # centred, not scaled
+
+
+def test_any_layer_and_a_weighted_sum_of_all_of_them():
+    encoder = tiny_encoder().eval()
+    data = SyntheticSpeech(4, seed=3)
+    layers = encoder.config.num_layers
+    every = extract(encoder_features(encoder, "weighted"), data, collate)
+    assert every.frames[0].shape[1:] == (layers + 1, encoder.config.hidden_size)
+    for layer in (0, layers):
+        one = extract(encoder_features(encoder, layer), data, collate)
+        torch.testing.assert_close(one.frames[1], every.frames[1][:, layer])
+    torch.testing.assert_close(extract(encoder_features(encoder), data, collate).pooled, every.pooled[:, layers])
+
+    results = run_probes(encoder_features(encoder, "weighted"), *splits(), collate,
+                         dataclasses.replace(SMALL, max_epochs=10), tasks=("speaker_utterance", "phone_1hidden"))
+    assert results["test"]["speaker_utterance"] > 0.5 and results["test"]["phone_1hidden"] > 0.3, results
+    for weights in results["layer_weights"].values():
+        assert len(weights) == layers + 1 and abs(sum(weights) - 1) < 1e-5
+    assert "layer_weights" not in run_probes(input_features, *splits(), collate, dataclasses.replace(SMALL, max_epochs=1),
+                                             tasks=("speaker_utterance",))
+
+
+@pytest.mark.parametrize("layer", [-1, 99, "first", True])
+def test_a_layer_the_encoder_does_not_have_is_named(layer):
+    with pytest.raises(ValueError, match="layer must be"):
+        encoder_features(tiny_encoder(), layer)
 
 
 def test_phone_probes_are_skipped_without_phone_labels():

@@ -101,10 +101,23 @@ def _probe_parser(commands) -> None:
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--checkpoint", type=Path, help="a checkpoint written by `fastattn pretrain`")
     source.add_argument("--log-mel", action="store_true", help="probe the input features themselves")
+    parser.add_argument("--layer", type=_probe_layer, default="last",
+                        help="the checkpoint's features to probe: 'last' (default), a layer's number (0 is the "
+                             "embedding) or 'weighted' (a softmax-weighted sum of all layers learned with each probe, "
+                             "s3prl's featurizer; the results then give each layer's weight)")
     parser.add_argument("--hidden", type=int, default=768, help="width of the phoneme probes' hidden layers")
     parser.add_argument("--epochs", type=int, default=50, help="most epochs per probe (early stopping on dev)")
     parser.add_argument("--out", type=Path, default=None, help="also write the results to this JSON file")
     parser.set_defaults(run=_run_probe)
+
+
+def _probe_layer(text: str) -> int | str:
+    if text in ("last", "weighted"):
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected 'last', 'weighted' or a layer number, got {text!r}") from None
 
 
 def _run_probe(args) -> None:
@@ -113,8 +126,10 @@ def _run_probe(args) -> None:
     from fastattn_train.probes import ProbeConfig, encoder_features, input_features, probe_device, run_probes
 
     config = ProbeConfig(hidden_size=args.hidden, max_epochs=args.epochs)
-    extractor = input_features if args.log_mel else encoder_features(load_encoder(args.checkpoint,
-                                                                                  probe_device(config)))
+    if args.log_mel and args.layer != "last":
+        raise SystemExit("fastattn probe: --layer chooses among a checkpoint's layers; it does not apply to --log-mel")
+    extractor = input_features if args.log_mel else encoder_features(
+        load_encoder(args.checkpoint, probe_device(config)), args.layer)
     splits = [_dataset(args, split) for split in ("train", "dev", "test")]
     results = run_probes(extractor, *splits, collate, config)
     text = json.dumps(results, indent=1)

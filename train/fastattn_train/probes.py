@@ -3,13 +3,18 @@ the valid frames, linear), frame speaker (linear per frame), and frame phoneme w
 with two hidden layers (ReLU). Each trains on the train split, keeps the epoch with the best
 dev accuracy (early stopping) and reports accuracy pooled over the test utterances or frames.
 
-A feature extractor maps (features (B, T, F), key_padding_mask (B, T)) to (B, T, D):
-`encoder_features(encoder)` for a pre-trained model, `input_features` for the log-mel
-baseline row. Each split is extracted once, without gradients, and kept in memory.
+A feature extractor maps (features (B, T, F), key_padding_mask (B, T)) to (B, T, D), or to
+(B, T, layers, D) for a learned weighted sum of layers: `encoder_features(encoder, layer)`
+for a pre-trained model (any layer, the last, or all of them weighted as s3prl's featurizer
+does), `input_features` for the log-mel baseline row. Each split is extracted once, without
+gradients, kept in memory and standardised with the train split's statistics (per feature,
+and per layer), so that every feature set, log-mel included, meets the probes on the same
+scale.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass
 
@@ -65,23 +70,35 @@ def input_features(features, key_padding_mask):
     return features
 
 
-def encoder_features(encoder: nn.Module, layer: int | None = None):
-    """An extractor reading `encoder`'s last hidden state, or hidden_states[layer] (0 is the
-    embedding, num_layers the last layer)."""
+LAYERS = ("last", "weighted")  # besides a layer's number
+
+
+def encoder_features(encoder: nn.Module, layer: int | str = "last"):
+    """An extractor reading `encoder`'s last hidden state ("last"), hidden_states[layer] (an
+    int: 0 is the embedding, num_layers the last layer), or every hidden state stacked as
+    (B, T, num_layers + 1, D) for a probe that learns a softmax-weighted sum of them
+    ("weighted")."""
+    layers = encoder.config.num_layers
+    if not (layer in LAYERS or (isinstance(layer, int) and not isinstance(layer, bool) and 0 <= layer <= layers)):
+        raise ValueError(f"layer must be 'last', 'weighted' or a layer from 0 (the embedding) to {layers}, "
+                         f"got {layer!r}")
     encoder.eval()
 
     def extract(features, key_padding_mask):
-        out = encoder(features, key_padding_mask, output_hidden_states=layer is not None)
-        return out.last_hidden_state if layer is None else out.hidden_states[layer]
+        out = encoder(features, key_padding_mask, output_hidden_states=layer != "last")
+        if layer == "last":
+            return out.last_hidden_state
+        return torch.stack(out.hidden_states, dim=2) if layer == "weighted" else out.hidden_states[layer]
 
     return extract
 
 
 def mean_pool(hidden, key_padding_mask):
-    """(B, T, D) -> (B, D): the mean over each utterance's valid frames only (whatever the
+    """(B, T, ...) -> (B, ...): the mean over each utterance's valid frames only (whatever the
     padded positions hold, NaN included)."""
-    count = (~key_padding_mask).sum(1, keepdim=True).clamp(min=1)
-    return hidden.masked_fill(key_padding_mask.unsqueeze(-1), 0.0).sum(1) / count
+    padded = key_padding_mask.view(*key_padding_mask.shape, *[1] * (hidden.dim() - 2))
+    count = (~padded).sum(1).clamp(min=1)
+    return hidden.masked_fill(padded, 0.0).sum(1) / count
 
 
 @torch.no_grad()
@@ -106,14 +123,40 @@ def extract(extractor, dataset, collate, *, batch_size: int = 16, device="cpu") 
                          seconds)
 
 
-def make_probe(task: str, width: int, classes: int, hidden_size: int) -> nn.Module:
-    if task in ("speaker_utterance", "speaker_frame"):
-        return nn.Linear(width, classes)
-    layers, last = [], width
-    for _ in range({"phone_1hidden": 1, "phone_2hidden": 2}[task]):
-        layers += [nn.Linear(last, hidden_size), nn.ReLU()]
+def standardised(splits: dict[str, SplitFeatures]) -> dict[str, SplitFeatures]:
+    """Every split's frames and pooled vectors as (x - mean) / std, with the mean and standard
+    deviation of the train split's (per feature, and per layer where there are layers); a
+    feature constant on train is only centred."""
+    def statistics(x):  # a feature without spread on train (or a single sample) is only centred
+        spread = x.std(0) if len(x) > 1 else torch.zeros_like(x[0])
+        return x.mean(0), torch.where(spread > 1e-6, spread, torch.ones_like(spread))
+
+    frame_mean, frame_std = statistics(torch.cat(splits["train"].frames))
+    pooled_mean, pooled_std = statistics(splits["train"].pooled)
+    return {name: dataclasses.replace(split, frames=[(f - frame_mean) / frame_std for f in split.frames],
+                                      pooled=(split.pooled - pooled_mean) / pooled_std)
+            for name, split in splits.items()}
+
+
+class LayerWeights(nn.Module):
+    """s3prl's featurizer: (N, layers, D) -> (N, D), a softmax-weighted sum of the layers with
+    weights learned with the probe (starting equal)."""
+
+    def __init__(self, layers: int):
+        super().__init__()
+        self.logits = nn.Parameter(torch.zeros(layers))
+
+    def forward(self, x):
+        return torch.einsum("l,nld->nd", self.logits.softmax(0), x)
+
+
+def make_probe(task: str, width: int, classes: int, hidden_size: int, layers: int | None = None) -> nn.Module:
+    """The task's probe on `width` features, behind LayerWeights when the features have `layers`."""
+    modules, last = [LayerWeights(layers)] if layers is not None else [], width
+    for _ in range({"phone_1hidden": 1, "phone_2hidden": 2}.get(task, 0)):
+        modules += [nn.Linear(last, hidden_size), nn.ReLU()]
         last = hidden_size
-    return nn.Sequential(*layers, nn.Linear(last, classes))
+    return nn.Sequential(*modules, nn.Linear(last, classes))
 
 
 def task_data(task: str, split: SplitFeatures) -> tuple[torch.Tensor, torch.Tensor]:
@@ -148,7 +191,8 @@ def train_probe(task: str, classes: int, splits: dict[str, SplitFeatures], confi
     generator = torch.Generator().manual_seed(config.seed)
     with torch.random.fork_rng(devices=[]):  # a seeded initialisation that leaves the caller's stream alone
         torch.manual_seed(config.seed)
-        probe = make_probe(task, inputs.shape[1], classes, config.hidden_size).to(device)
+        probe = make_probe(task, inputs.shape[-1], classes, config.hidden_size,
+                           inputs.shape[1] if inputs.dim() == 3 else None).to(device)
     optimizer = torch.optim.Adam(probe.parameters(), lr=config.lr)
     best, best_state, since_best, epoch = -1.0, None, 0, 0
     for epoch in range(1, config.max_epochs + 1):
@@ -169,7 +213,10 @@ def train_probe(task: str, classes: int, splits: dict[str, SplitFeatures], confi
             if since_best >= config.patience:
                 break
     probe.load_state_dict(best_state)
-    return {"dev": best, "test": accuracy(probe, *data["test"], batch_size), "epochs": epoch}
+    result = {"dev": best, "test": accuracy(probe, *data["test"], batch_size), "epochs": epoch}
+    if isinstance(probe[0], LayerWeights):
+        result["layer_weights"] = probe[0].logits.softmax(0).tolist()
+    return result
 
 
 def run_probes(extractor, train, dev, test, collate, config: ProbeConfig = ProbeConfig(),
@@ -180,7 +227,8 @@ def run_probes(extractor, train, dev, test, collate, config: ProbeConfig = Probe
     "speaker", "phones"; `speakers` and `phones` name the classes, shared by the splits).
 
     Returns {"test": {task: accuracy}, "dev": {task: accuracy}, "epochs": {task: epochs},
-    "extraction_seconds": {split: seconds}}; a phone task is None where a split has no
+    "extraction_seconds": {split: seconds}}, and for features with layers "layer_weights":
+    {task: the learned weight of each layer}; a phone task is None where a split has no
     phone labels.
     """
     unknown = sorted(set(tasks) - set(TASKS))
@@ -192,8 +240,9 @@ def run_probes(extractor, train, dev, test, collate, config: ProbeConfig = Probe
                 raise ValueError(f"{name}.{labels} differs from train.{labels}: the splits' labels must index "
                                  f"one shared list")
     device = probe_device(config)
-    splits = {name: extract(extractor, dataset, collate, batch_size=config.extract_batch_size, device=device)
-              for name, dataset in (("train", train), ("dev", dev), ("test", test))}
+    splits = standardised({name: extract(extractor, dataset, collate, batch_size=config.extract_batch_size,
+                                         device=device)
+                           for name, dataset in (("train", train), ("dev", dev), ("test", test))})
     results = {"test": {}, "dev": {}, "epochs": {},
                "extraction_seconds": {name: split.seconds for name, split in splits.items()}}
     for task in tasks:
@@ -205,4 +254,6 @@ def run_probes(extractor, train, dev, test, collate, config: ProbeConfig = Probe
             result = train_probe(task, classes, splits, config, device)
         for key in ("test", "dev", "epochs"):
             results[key][task] = result[key]
+        if "layer_weights" in result:
+            results.setdefault("layer_weights", {})[task] = result["layer_weights"]
     return results
