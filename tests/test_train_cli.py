@@ -65,6 +65,9 @@ def test_pretrain_then_probe(corpus, pretrained, tmp_path):
     weights = json.loads(results.read_text())["layer_weights"]
     layers = load_encoder(run / "checkpoint.pt").config.num_layers
     assert set(weights) == set(TASKS) and all(len(w) == layers + 1 and abs(sum(w) - 1) < 1e-5 for w in weights.values())
+    main(["probe", str(corpus), "--cache", str(cache), "--checkpoint", str(run / "checkpoint.pt"),
+          "--window", "0", "--hidden", "16", "--epochs", "1", "--out", str(results)])  # whole utterances
+    assert set(json.loads(results.read_text())["test"]) == set(TASKS)
     with pytest.raises(ValueError, match="layer must be"):
         main(["probe", str(corpus), "--cache", str(cache), "--checkpoint", str(run / "checkpoint.pt"),
               "--layer", str(layers + 1), "--epochs", "1"])

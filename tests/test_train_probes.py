@@ -140,3 +140,36 @@ def test_mismatched_labels_and_unknown_tasks_are_named():
 def test_probe_settings_that_cannot_train_are_refused(field, value):
     with pytest.raises(ValueError, match=f"ProbeConfig.{field} must be"):
         ProbeConfig(**{field: value})
+
+
+def test_windowed_extraction_feeds_pieces_of_at_most_the_window():
+    """Utterances of 30 to 60 frames in windows of 16: each piece goes through the encoder
+    alone (so the features of a piece are those of the piece run by itself), no piece is
+    longer than the window, and utterances within the window are extracted whole."""
+    encoder = tiny_encoder().eval()
+    data = SyntheticSpeech(5, seed=3)
+    seen_lengths = []
+    original_forward = encoder.forward
+
+    def recording_forward(features, key_padding_mask=None, **options):
+        seen_lengths.extend((~key_padding_mask).sum(1).tolist())
+        return original_forward(features, key_padding_mask, **options)
+
+    encoder.forward = recording_forward
+    windowed = extract(encoder_features(encoder, window=16), data, collate, batch_size=2)
+    assert max(seen_lengths) <= 16 and sum(seen_lengths) == sum(len(item["features"]) for item in data)
+    encoder.forward = original_forward
+    for index in range(len(data)):
+        frames = data[index]["features"]
+        count = -(-len(frames) // 16)
+        size = -(-len(frames) // count)
+        pieces = [encoder_features(encoder)(frames[None, start:start + size],
+                                            torch.zeros(1, len(frames[start:start + size]), dtype=torch.bool))[0]
+                  for start in range(0, len(frames), size)]
+        torch.testing.assert_close(windowed.frames[index], torch.cat(pieces), atol=1e-5, rtol=1e-5)
+    whole = extract(encoder_features(encoder, "weighted"), data, collate, batch_size=2)
+    within = extract(encoder_features(encoder, "weighted", window=60), data, collate, batch_size=2)
+    for a, b in zip(whole.frames, within.frames):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match="window"):
+        encoder_features(encoder, window=0)

@@ -105,6 +105,10 @@ def _probe_parser(commands) -> None:
                         help="the checkpoint's features to probe: 'last' (default), a layer's number (0 is the "
                              "embedding) or 'weighted' (a softmax-weighted sum of all layers learned with each probe, "
                              "s3prl's featurizer; the results then give each layer's weight)")
+    parser.add_argument("--window", type=int, default=None,
+                        help="frames per piece when extracting a checkpoint's features (default: the length it was "
+                             "pre-trained on, so that it never sees a position it was not trained at; 0: whole "
+                             "utterances)")
     parser.add_argument("--hidden", type=int, default=768, help="width of the phoneme probes' hidden layers")
     parser.add_argument("--epochs", type=int, default=50, help="most epochs per probe (early stopping on dev)")
     parser.add_argument("--out", type=Path, default=None, help="also write the results to this JSON file")
@@ -122,14 +126,17 @@ def _probe_layer(text: str) -> int | str:
 
 def _run_probe(args) -> None:
     from fastattn_train.dataset import collate
-    from fastattn_train.pretrain import load_encoder
+    from fastattn_train.pretrain import load_encoder, trained_length
     from fastattn_train.probes import ProbeConfig, encoder_features, input_features, probe_device, run_probes
 
     config = ProbeConfig(hidden_size=args.hidden, max_epochs=args.epochs)
-    if args.log_mel and args.layer != "last":
-        raise SystemExit("fastattn probe: --layer chooses among a checkpoint's layers; it does not apply to --log-mel")
-    extractor = input_features if args.log_mel else encoder_features(
-        load_encoder(args.checkpoint, probe_device(config)), args.layer)
+    if args.log_mel and (args.layer != "last" or args.window is not None):
+        raise SystemExit("fastattn probe: --layer and --window apply to a checkpoint's features, not to --log-mel")
+    if args.log_mel:
+        extractor = input_features
+    else:
+        window = trained_length(args.checkpoint) if args.window is None else (args.window or None)
+        extractor = encoder_features(load_encoder(args.checkpoint, probe_device(config)), args.layer, window)
     splits = [_dataset(args, split) for split in ("train", "dev", "test")]
     results = run_probes(extractor, *splits, collate, config)
     text = json.dumps(results, indent=1)

@@ -459,3 +459,10 @@ def load_encoder(checkpoint_path: str | os.PathLike, device: str | torch.device 
     encoder = AudioALBERT(AudioALBERTConfig(**checkpoint["config"]["model"]))
     encoder.load_state_dict(checkpoint["encoder"])
     return encoder.to(device).eval().requires_grad_(False)
+
+
+def trained_length(checkpoint_path: str | os.PathLike) -> int | None:
+    """The longest input the checkpoint's encoder was trained on (its run's max_frames; None:
+    whole utterances): the window to extract its features in (probes.encoder_features)."""
+    return load_checkpoint(checkpoint_path)["config"]["max_frames"]
+

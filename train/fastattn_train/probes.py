@@ -73,24 +73,53 @@ def input_features(features, key_padding_mask):
 LAYERS = ("last", "weighted")  # besides a layer's number
 
 
-def encoder_features(encoder: nn.Module, layer: int | str = "last"):
+def encoder_features(encoder: nn.Module, layer: int | str = "last", window: int | None = None):
     """An extractor reading `encoder`'s last hidden state ("last"), hidden_states[layer] (an
     int: 0 is the embedding, num_layers the last layer), or every hidden state stacked as
     (B, T, num_layers + 1, D) for a probe that learns a softmax-weighted sum of them
-    ("weighted")."""
+    ("weighted").
+
+    With a `window` (the pre-training crop length, max_frames), each utterance longer than it
+    is cut into the fewest equal pieces of at most `window` frames, each piece goes through
+    the encoder alone and the outputs are put back in place (as s3prl cuts inputs to the
+    pre-training length). The encoder then never sees a position it was not trained at: an
+    utterance longer than the crops would meet untrained position encodings and, for the
+    kinds with weights over positions (fixed_pattern, synth_*), logits that never moved from
+    their start, and its rows would normalise over more keys than in training. The price is
+    context across a piece's edge. None: whole utterances."""
     layers = encoder.config.num_layers
     if not (layer in LAYERS or (isinstance(layer, int) and not isinstance(layer, bool) and 0 <= layer <= layers)):
         raise ValueError(f"layer must be 'last', 'weighted' or a layer from 0 (the embedding) to {layers}, "
                          f"got {layer!r}")
+    if window is not None and not (isinstance(window, int) and window >= 1):
+        raise ValueError(f"window must be a positive number of frames or None, got {window!r}")
     encoder.eval()
 
-    def extract(features, key_padding_mask):
+    def whole(features, key_padding_mask):
         out = encoder(features, key_padding_mask, output_hidden_states=layer != "last")
         if layer == "last":
             return out.last_hidden_state
         return torch.stack(out.hidden_states, dim=2) if layer == "weighted" else out.hidden_states[layer]
 
-    return extract
+    def windowed(features, key_padding_mask):
+        pieces, places = [], []  # places: (utterance, first frame) of each piece
+        for b, length in enumerate((~key_padding_mask).sum(1).tolist()):
+            count = -(-length // window)  # ceil: the fewest pieces of at most `window` frames
+            size = -(-length // count) if count else 1  # ceil: frames per piece, all but the last equal
+            for start in range(0, length, size):
+                pieces.append(features[b, start:min(start + size, length)])  # never the batch's padding
+                places.append((b, start))
+        out = None
+        if pieces:
+            sizes = torch.tensor([len(piece) for piece in pieces], device=features.device)
+            padding = torch.arange(int(sizes.max()), device=features.device) >= sizes[:, None]
+            hidden = whole(nn.utils.rnn.pad_sequence(pieces, batch_first=True), padding)
+            out = hidden.new_zeros(*features.shape[:2], *hidden.shape[2:])
+            for (b, start), piece, size in zip(places, hidden, sizes.tolist()):
+                out[b, start:start + size] = piece[:size]
+        return out if out is not None else whole(features, key_padding_mask)
+
+    return whole if window is None else windowed
 
 
 def mean_pool(hidden, key_padding_mask):

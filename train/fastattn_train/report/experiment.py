@@ -45,7 +45,7 @@ from fastattn_train.checkpoint import load_checkpoint, write_atomically
 from fastattn_train.corpus.build import build_corpus
 from fastattn_train.dataset import collate, load_dataset
 from fastattn_train.features import FeatureSettings
-from fastattn_train.pretrain import config_to_dict, load_encoder, pretrain
+from fastattn_train.pretrain import config_to_dict, load_encoder, pretrain, trained_length
 from fastattn_train.probes import ProbeConfig, encoder_features, input_features, probe_device, run_probes
 from fastattn_train.settings import pretrain_config
 from fastattn_train import trivial_predictors
@@ -160,9 +160,12 @@ def run_report(settings: ReportSettings) -> dict:
             runs[kind].append(run)
             progress.stage(f"{kind}, seed {seed}: probing")
             checkpoint = run["dir"] / "checkpoint.pt"
-            per_seed[kind].append(probe_row(out, kind, seed, {"step": run["step"], "seconds": run["seconds"]},
-                                            lambda: encoder_features(load_encoder(checkpoint, device)), splits,
-                                            settings.probes))
+            # Features in windows of the pre-training crops: positions the encoder was trained at.
+            window = trained_length(checkpoint)
+            per_seed[kind].append(probe_row(out, kind, seed, {"step": run["step"], "seconds": run["seconds"],
+                                                              "window": window},
+                                            lambda: encoder_features(load_encoder(checkpoint, device), window=window),
+                                            splits, settings.probes))
         progress.stage(f"{kind}: timing a training step and inference at T = {settings.timing_length}")
         timing[kind] = time_kind(out, kind, runs[kind][0]["model"], settings, base.batch_size)
         progress.stage(f"{kind}: head roles and attention maps")
