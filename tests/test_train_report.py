@@ -20,7 +20,7 @@ from fastattn_train.checkpoint import load_checkpoint  # noqa: E402
 from fastattn_train.cli import main  # noqa: E402
 from fastattn_train.probes import TASKS  # noqa: E402
 from fastattn_train.report import BASELINE, ReportSettings, parse_kinds, phoneme_verdicts  # noqa: E402
-from fastattn_train.report.summary import markdown, paper_inference_ratio, spread, timing_table  # noqa: E402
+from fastattn_train.report.summary import markdown, paper_inference_ratio, spread, timing_table, weighted_row  # noqa: E402
 
 TINY = ["model.hidden_size=16", "model.num_heads=2", "model.ffn_size=32", "model.num_layers=2", "batch_size=2",
         "max_frames=100", "log_every=1", "checkpoint_every=2", "optim.warmup_steps=0", "progress=false"]
@@ -71,10 +71,11 @@ def test_report_writes_every_file(report):
 
 def test_report_gives_mean_and_spread_over_seeds(report):
     written = json.loads((report / "report.json").read_text())
-    assert list(written["accuracy"]) == [BASELINE, *KINDS_RUN]
+    assert list(written["accuracy"]) == [BASELINE, *(row for kind in KINDS_RUN for row in (kind, weighted_row(kind)))]
     for row, tasks in written["accuracy"].items():
         for task in TASKS:
-            values = [json.loads((report / "probes" / row / f"seed{seed}.json").read_text())["test"][task]
+            folder = row.replace(" (weighted layers)", "-weighted")
+            values = [json.loads((report / "probes" / folder / f"seed{seed}.json").read_text())["test"][task]
                       for seed in (0, 1)]
             assert tasks[task]["values"] == values
             assert tasks[task]["mean"] == pytest.approx(statistics.fmean(values))
@@ -85,6 +86,16 @@ def test_report_gives_mean_and_spread_over_seeds(report):
     assert seeds == [0, 1]
     text = (report / "report.md").read_text()
     assert "±" in text and "over 2 seeds" in text
+
+
+def test_report_gives_the_weighted_layers_row_and_its_learned_weights(report):
+    written = json.loads((report / "report.json").read_text())
+    for kind in KINDS_RUN:
+        assert len(written["layer_weights"][kind]) == 2  # one per seed
+        for weights in written["layer_weights"][kind]:
+            assert set(weights) == set(TASKS) and all(abs(sum(w) - 1) < 1e-5 for w in weights.values())
+    text = (report / "report.md").read_text()
+    assert f"| {weighted_row(KINDS_RUN[0])} |" in text and "Learned layer weights" in text
 
 
 def test_report_compares_every_run_with_the_trivial_predictors(report):
@@ -146,7 +157,8 @@ def test_a_change_redoes_only_what_it_made_stale(corpus, report, tmp_path):
     before = modification_times(out)
     main(report_command(corpus, out, steps=3))  # more steps: the runs go on, their probes are redone
     after = modification_times(out)
-    assert changed(before, after) == {f"{folder}/{kind}" for folder in ("runs", "probes") for kind in KINDS_RUN}
+    assert changed(before, after) == {f"{folder}/{kind}{suffix}" for kind in KINDS_RUN
+                                      for folder, suffix in (("runs", ""), ("probes", ""), ("probes", "-weighted"))}
     for seed in (0, 1):
         for kind in KINDS_RUN:
             probes = json.loads((out / "probes" / kind / f"seed{seed}.json").read_text())
@@ -161,7 +173,8 @@ def test_a_change_redoes_only_what_it_made_stale(corpus, report, tmp_path):
 
     main(report_command(corpus, out, probe_epochs=1))  # other probes: every row's probes, nothing else
     again = modification_times(out)
-    assert changed(after, again) == {f"probes/{row}" for row in (BASELINE, *KINDS_RUN)}
+    assert changed(after, again) == {f"probes/{row}" for row in (BASELINE, *KINDS_RUN,
+                                                                 *(f"{kind}-weighted" for kind in KINDS_RUN))}
     main(report_command(corpus, out, probe_epochs=1, timing_reps=2))  # other timing: the timing only
     assert changed(again, modification_times(out)) == {"timing"}
 

@@ -51,7 +51,7 @@ from fastattn_train.settings import pretrain_config
 from fastattn_train import trivial_predictors
 
 from .plots import SMOOTHING, plot_accuracy_against_time, plot_attention_maps, plot_loss_curves
-from .summary import BASELINE, accuracy_table, markdown, timing_table
+from .summary import BASELINE, accuracy_table, markdown, timing_table, weighted_row
 
 TIMING_WARMUP = 2
 MAP_UTTERANCES = 8  # test utterances whose maps vote on each head's role
@@ -130,7 +130,7 @@ def run_report(settings: ReportSettings) -> dict:
     out = settings.out
     out.mkdir(parents=True, exist_ok=True)
     kinds, seeds = settings.kinds, range(settings.seeds)
-    progress = Progress(1 + settings.seeds + len(kinds) * (2 * settings.seeds + 2) + 1)
+    progress = Progress(1 + settings.seeds + len(kinds) * (3 * settings.seeds + 2) + 1)
 
     progress.stage("corpus and features")
     corpus = settings.corpus or ensure_corpus(out / "corpus")
@@ -150,10 +150,11 @@ def run_report(settings: ReportSettings) -> dict:
     for seed in seeds:
         progress.stage(f"{BASELINE}, seed {seed}: probing")
         per_seed[BASELINE].append(probe_row(out, BASELINE, seed, None, lambda: input_features, splits,
-                                            settings.probes))
-    runs, timing, roles, maps = {}, {}, {}, {}
+                                            settings.probes)["test"])
+    runs, timing, roles, maps, layer_weights = {}, {}, {}, {}, {}
     for kind in kinds:
-        per_seed[kind], runs[kind] = [], []
+        weighted = weighted_row(kind)
+        per_seed[kind], per_seed[weighted], runs[kind], layer_weights[kind] = [], [], [], []
         for seed in seeds:
             progress.stage(f"{kind}, seed {seed}: pre-training")
             run = pretrain_run(out, kind, seed, settings.config, overrides, settings.steps, base, longest, splits[0])
@@ -162,10 +163,16 @@ def run_report(settings: ReportSettings) -> dict:
             checkpoint = run["dir"] / "checkpoint.pt"
             # Features in windows of the pre-training crops: positions the encoder was trained at.
             window = trained_length(checkpoint)
-            per_seed[kind].append(probe_row(out, kind, seed, {"step": run["step"], "seconds": run["seconds"],
-                                                              "window": window},
-                                            lambda: encoder_features(load_encoder(checkpoint, device), window=window),
-                                            splits, settings.probes))
+            trained = {"step": run["step"], "seconds": run["seconds"], "window": window}
+            per_seed[kind].append(probe_row(
+                out, kind, seed, trained, lambda: encoder_features(load_encoder(checkpoint, device), window=window),
+                splits, settings.probes)["test"])
+            progress.stage(f"{kind}, seed {seed}: probing a learned weighted sum of its layers")
+            result = probe_row(out, f"{kind}-weighted", seed, trained,
+                               lambda: encoder_features(load_encoder(checkpoint, device), "weighted", window=window),
+                               splits, settings.probes)
+            per_seed[weighted].append(result["test"])
+            layer_weights[kind].append(result["layer_weights"])
         progress.stage(f"{kind}: timing a training step and inference at T = {settings.timing_length}")
         timing[kind] = time_kind(out, kind, runs[kind][0]["model"], settings, base.batch_size)
         progress.stage(f"{kind}: head roles and attention maps")
@@ -187,6 +194,7 @@ def run_report(settings: ReportSettings) -> dict:
                                 **against_trivial_predictors(run)}
                                for seed, run in enumerate(runs[kind])] for kind in kinds},
         "probes": per_seed,
+        "layer_weights": layer_weights,
         "head_roles": roles,
         "plots": {"accuracy against time (Figure 5)": "accuracy_vs_time.png", "pre-training loss": "loss_curves.png",
                   **maps},
@@ -287,20 +295,20 @@ def check_same_run(run_dir: Path, config) -> None:
 
 def probe_row(out: Path, name: str, seed: int, checkpoint: dict | None, make_extractor, splits,
               probes: ProbeConfig) -> dict:
-    """The four probe accuracies on the test split of one row and seed, cached in
-    OUT/probes/<name>/seed<seed>.json with the checkpoint ({"step", "seconds"}, None for
-    log-mel) and probe settings they came from, and redone when either differs."""
+    """run_probes' results for one row and seed ("test" holds the four accuracies), cached in
+    OUT/probes/<name>/seed<seed>.json with the checkpoint ({"step", "seconds", "window"},
+    None for log-mel) and probe settings they came from, and redone when either differs."""
     seeded = dataclasses.replace(probes, seed=probes.seed + seed)
     path = out / "probes" / name / f"seed{seed}.json"
     wanted = {"checkpoint": checkpoint, "probes": dataclasses.asdict(seeded)}
     if path.exists():
         cached = json.loads(path.read_text())
         if {key: cached.get(key) for key in wanted} == wanted:
-            return cached["test"]
+            return cached
     results = run_probes(make_extractor(), *splits, collate, seeded)
     path.parent.mkdir(parents=True, exist_ok=True)
     write_text(path, json.dumps({**wanted, **results}, indent=1) + "\n")
-    return results["test"]
+    return {**wanted, **results}
 
 
 def time_kind(out: Path, kind: str, model_config, settings: ReportSettings, batch_size: int) -> dict:

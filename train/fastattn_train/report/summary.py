@@ -27,6 +27,11 @@ PAPER_LSH_INFERENCE = (235.0, 269.0)
 LSH_KINDS = ("sign_alsh", "xbox", "xbox_qnf", "simple_lsh", "simple_alsh")
 
 
+def weighted_row(kind: str) -> str:
+    """The Table 2 row of `kind`'s probes on a learned weighted sum of its layers."""
+    return f"{kind} (weighted layers)"
+
+
 def spread(values: list[float | None]) -> dict | None:
     """{"mean", "std" (the sample standard deviation; 0 for one value), "values"}, or None
     when any value is missing (a phoneme probe on a corpus without phone labels)."""
@@ -109,10 +114,30 @@ def _table(header: list[str]) -> list[str]:
 
 
 def _accuracy_section(report: dict) -> list[str]:
-    lines = ["## Probe accuracy (the paper's Table 2 layout)", "", *_table(["features", *COLUMNS.values()])]
+    lines = ["## Probe accuracy (the paper's Table 2 layout)", "",
+             "Each kind's row probes its last layer; the row below it, a softmax-weighted sum of all its layers "
+             "(embedding included) learned with each probe, as s3prl's featurizer does.", "",
+             *_table(["features", *COLUMNS.values()])]
     lines += [f"| {row} | " + " | ".join(_accuracy(tasks[task]) for task in TASKS) + " |"
               for row, tasks in report["accuracy"].items()]
-    return lines + ["", *phoneme_verdicts(report["accuracy"], report["setup"]["kinds"])]
+    rows = [row for kind in report["setup"]["kinds"] for row in (kind, weighted_row(kind))]
+    return lines + ["", *phoneme_verdicts(report["accuracy"], rows), "", *_layer_weights(report)]
+
+
+def _layer_weights(report: dict) -> list[str]:
+    """Where each kind's weighted sum puts its weight: the mean over seeds of each layer's
+    learned weight, per probe, and the heaviest layer."""
+    lines = ["Learned layer weights (mean over seeds; layer 0 is the embedding), heaviest layer in bold:", ""]
+    for kind, per_seed in report.get("layer_weights", {}).items():
+        for task in TASKS:
+            runs = [weights[task] for weights in per_seed if weights.get(task) is not None]
+            if not runs:
+                continue
+            mean = [statistics.fmean(layer) for layer in zip(*runs)]
+            heaviest = max(range(len(mean)), key=mean.__getitem__)
+            shown = ", ".join(f"**{w:.2f}**" if layer == heaviest else f"{w:.2f}" for layer, w in enumerate(mean))
+            lines.append(f"- {kind}, {COLUMNS[task]}: {shown}")
+    return lines
 
 
 def _trivial_section(report: dict) -> list[str]:
