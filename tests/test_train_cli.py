@@ -82,10 +82,10 @@ def test_analyse_then_start_fixed_pattern_from_it(corpus, pretrained, tmp_path):
     assert len(roles) == 2 and set(roles) <= set(ROLES) and (analysis / "heads.png").stat().st_size > 0
     init = analysis / "fixed_pattern_init.pt"
     started = tmp_path / "started"
-    # A learning rate of ~0 keeps the weights where the initialisation put them.
+    # Learning rates of ~0 (the logits have their own) keep the weights where the initialisation put them.
     main(["pretrain", str(corpus), "--cache", str(cache), "--out", str(started),
           *overrides([*TINY_MODEL, "model.attention=fixed_pattern", "model.max_len=1200", f"init_fixed_pattern={init}",
-                      "optim.lr=1e-12", "optim.weight_decay=0"])])
+                      "optim.lr=1e-12", "optim.logits_lr=1e-12", "optim.weight_decay=0"])])
     logits = next(m.logits for m in load_encoder(started / "checkpoint.pt").modules() if hasattr(m, "logits"))
     torch.testing.assert_close(logits, load_initialisation(init))
 
