@@ -166,21 +166,27 @@ constexpr int64_t kGroupRows = cpu::kLanes<float>;
 template <class scalar_t, int kDim>
 constexpr bool kGrouped = kEightAtOnce<scalar_t, kDim> && kDim <= 32;
 
+// Eight slots of a key list, for the list comparisons below.
+typedef int32_t SlotLanes __attribute__((vector_size(32)));
+constexpr int64_t kSlotLanes = sizeof(SlotLanes) / sizeof(int32_t);
+
+// Whether any lane of a comparison's result is set.
+[[gnu::always_inline]] inline bool any_lane(const SlotLanes& flags) {
+  uint64_t words[sizeof(SlotLanes) / sizeof(uint64_t)];
+  std::memcpy(words, &flags, sizeof(words));
+  return (words[0] | words[1] | words[2] | words[3]) != 0;
+}
+
 // Whether two raw key lists agree at every slot where both list a key (where one slot is
 // empty, -1, the other may hold anything). A vector of slots at a time, stopping at the
 // first disagreement: at once for hashed lists and sliding windows.
 [[gnu::always_inline]] inline bool lists_agree(const int32_t* a, const int32_t* b, int64_t L) {
-  typedef int32_t Ints __attribute__((vector_size(32)));
-  constexpr int64_t kWidth = sizeof(Ints) / sizeof(int32_t);
   int64_t l = 0;
-  for (; l + kWidth <= L; l += kWidth) {
-    Ints x, y;
+  for (; l + kSlotLanes <= L; l += kSlotLanes) {
+    SlotLanes x, y;
     std::memcpy(&x, a + l, sizeof(x));
     std::memcpy(&y, b + l, sizeof(y));
-    const Ints clash = (x != y) & (x >= 0) & (y >= 0);
-    uint64_t words[4];
-    std::memcpy(words, &clash, sizeof(words));
-    if (words[0] | words[1] | words[2] | words[3]) return false;
+    if (any_lane((x != y) & (x >= 0) & (y >= 0))) return false;
   }
   for (; l < L; ++l) {
     if (a[l] != b[l] && a[l] >= 0 && b[l] >= 0) return false;
@@ -209,6 +215,9 @@ class SharedListRows {
   [[gnu::always_inline]] int64_t gather(const Problem<float, kDim>& p, int64_t row, int64_t limit) {
     const int64_t L = p.L;
     lists_[0] = p.indices + p.list_row(row) * L;
+    // Most rows of hashed lists and sliding windows group with nothing: they leave after one
+    // comparison, before any copy.
+    if (row + 1 >= limit || !lists_agree(lists_[0], p.indices + p.list_row(row + 1) * L, L)) return 1;
     std::copy(lists_[0], lists_[0] + L, union_.data());
     int64_t count = 1;
     for (; count < kGroupRows && row + count < limit; ++count) {
@@ -377,19 +386,14 @@ class SharedListRows {
   // The holes of row r's raw list against the union (and of the lanes from `repeats` on,
   // which repeat row 0). A vector of slots at a time: rows usually have none or one.
   [[gnu::always_inline]] void find_holes(const int32_t* list, int64_t L, int r, int64_t repeats) {
-    typedef int32_t Ints __attribute__((vector_size(32)));
-    constexpr int64_t kWidth = sizeof(Ints) / sizeof(int32_t);
-    for (int64_t l0 = 0; l0 < L; l0 += kWidth) {
-      if (l0 + kWidth <= L) {
-        Ints x, u;
+    for (int64_t l0 = 0; l0 < L; l0 += kSlotLanes) {
+      if (l0 + kSlotLanes <= L) {
+        SlotLanes x, u;
         std::memcpy(&x, list + l0, sizeof(x));
         std::memcpy(&u, union_.data() + l0, sizeof(u));
-        const Ints hole = (x < 0) & (u >= 0);
-        uint64_t words[4];
-        std::memcpy(words, &hole, sizeof(words));
-        if (!(words[0] | words[1] | words[2] | words[3])) continue;
+        if (!any_lane((x < 0) & (u >= 0))) continue;
       }
-      for (int64_t l = l0; l < std::min(l0 + kWidth, L); ++l) {
+      for (int64_t l = l0; l < std::min(l0 + kSlotLanes, L); ++l) {
         if (list[l] >= 0 || union_[l] < 0) continue;
         holes_.push_back({compact_[l], r});
         for (int64_t lane = repeats; lane < kGroupRows; ++lane) holes_.push_back({compact_[l], static_cast<int>(lane)});

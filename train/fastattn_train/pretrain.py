@@ -3,8 +3,8 @@ config dataclass (loadable from YAML), one loop that logs, checkpoints and resum
 
 A run writes to `out_dir`: config.yaml (what was asked), log.jsonl (one line per logged
 step: the batch's masked L1 and, on the same masks, that of the trivial predictors of
-trivial_predictors.py), checkpoint.pt (the latest state, written atomically) and, when TensorBoard is
-installed, tensorboard/. Resuming from checkpoint.pt continues bit for bit: the data order
+trivial_predictors.py), checkpoint.pt (the latest state, written atomically) and, when
+TensorBoard is installed, tensorboard/. Resuming from checkpoint.pt continues bit for bit: the data order
 is a function of (seed, epoch), the consumed batches of the current epoch are skipped
 without loading them, and every random generator's state is restored.
 
@@ -33,10 +33,10 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler
 
 from fastattn.nn import AudioALBERT, AudioALBERTConfig, input_independent_logits
+from fastattn_train import trivial_predictors
 from fastattn_train.checkpoint import (load_checkpoint, restore_rng_state, rng_state, save_checkpoint,
                                        write_atomically)
 from fastattn_train.analysis.initialisation import apply_initialisation, load_initialisation
-from fastattn_train import trivial_predictors
 from fastattn_train.masking import MaskingConfig, mask_frames
 
 DECAYS = ("linear", "cosine", "constant")

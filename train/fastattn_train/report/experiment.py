@@ -40,6 +40,7 @@ import fastattn
 from fastattn.nn import KINDS, AudioALBERT, needs_max_len
 from fastattn.nn.fixed_pattern import head_roles
 from fastattn.timing import encoder_workloads, machine, median_time
+from fastattn_train import trivial_predictors
 from fastattn_train.analysis import classify_heads, collect_maps
 from fastattn_train.checkpoint import load_checkpoint, write_atomically
 from fastattn_train.corpus.build import build_corpus
@@ -48,7 +49,6 @@ from fastattn_train.features import FeatureSettings
 from fastattn_train.pretrain import config_to_dict, load_encoder, pretrain, trained_length
 from fastattn_train.probes import ProbeConfig, encoder_features, input_features, probe_device, run_probes
 from fastattn_train.settings import pretrain_config
-from fastattn_train import trivial_predictors
 
 from .plots import SMOOTHING, plot_accuracy_against_time, plot_attention_maps, plot_loss_curves
 from .summary import BASELINE, accuracy_table, markdown, timing_table, weighted_row
