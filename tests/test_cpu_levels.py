@@ -23,9 +23,10 @@ proj = torch.randn(70, 18, generator=generator, dtype=torch.float64)
 q_codes = ops.alsh_hash(q, "sign_alsh", "query", proj, key_padding_mask=mask)
 k_codes = ops.alsh_hash(k, "sign_alsh", "key", proj, key_padding_mask=mask)
 for L in (5, 64, 400):
-    got = ops.topk_keys(q_codes, k_codes, L, key_padding_mask=mask, n_bits=70)
-    want = reference.topk_keys(q_codes, k_codes, L, key_padding_mask=mask, n_bits=70)
-    assert torch.equal(got, want), L
+    for n_bits in (70, 32, 11):  # two words; one 32-bit word (its own CPU path); part of one
+        got = ops.topk_keys(q_codes, k_codes, L, key_padding_mask=mask, n_bits=n_bits)
+        want = reference.topk_keys(q_codes, k_codes, L, key_padding_mask=mask, n_bits=n_bits)
+        assert torch.equal(got, want), (L, n_bits)
 indices = masks.strided(300, 12)
 torch.testing.assert_close(ops.sparse_attention(q, k, v, indices), reference.sparse_attention(q, k, v, indices))
 print("ok")

@@ -1,23 +1,21 @@
 // The LSH ops on the CPU: mips_transform, alsh_hash and topk_keys (SPEC sections 1 to 3).
 // Per-vector transforms come from mips_math.h, per-pair scores and the tie-break from
-// lsh_select.h; selection is linear in the number of keys (a histogram of the small
-// integer scores), never a sort of a (T, T) score matrix.
+// lsh_select.h; hamming selection (hamming_select.h) is linear in the number of keys (a
+// histogram of the small integer scores), never a sort of a (T, T) score matrix.
 
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
 #include <algorithm>
+#include <type_traits>
 #include <vector>
-
-#if defined(__x86_64__)
-#include <immintrin.h>
-#endif
 
 #include "fastattn/lsh_host.h"
 #include "fastattn/lsh_select.h"
 #include "fastattn/mips_math.h"
 #include "fastattn/outputs.h"
+#include "hamming_select.h"
 #include "instruction_sets.h"
 
 namespace fastattn {
@@ -137,211 +135,31 @@ at::Tensor alsh_hash_cpu(const at::Tensor& x_in, c10::string_view scheme, c10::s
   return codes;
 }
 
-// Hamming selection, one query row at a time, in three passes over its keys' scores that
-// the compiler vectorises (population counts, a maximum, counts of a few score values) and
-// one scalar pass that collects the few keys at or above the threshold; only those are
-// then ordered. Every pass reads the row's scores from L1, so each costs about a cycle per
-// key or less, against the per-key sort or walk it replaces.
-using Score = int16_t;  // 0 .. 256 equal bits, -1 for a padded key
-
-// How many consecutive score values one counting pass tallies.
-constexpr int kBinsPerPass = 8;
-
-// Per-task scratch, reused across rows.
-struct HammingScratch {
-  // collect_at_least may write this many entries past the last candidate
-  static constexpr int64_t kCandidateSlack = 16;
-
-  std::vector<Score> scores;
-  std::vector<int32_t> candidates;
-  std::vector<int64_t> next;  // keys per score, then the next free slot per score
-
-  HammingScratch(int64_t keys, int n_bits)
-      : scores(keys), candidates(keys + kCandidateSlack), next(n_bits + 1) {}
-};
-
-// The j whose score is at least `threshold`, in increasing order, into candidates; returns
-// how many. They are a few percent of the keys, so a scalar loop spends its time on the
-// others; with AVX-512 each 32 keys take one comparison and two compressions, no branch.
-int64_t collect_at_least_scalar(const Score* scores, int64_t begin, int64_t keys, int threshold,
-                                int32_t* candidates) {
-  int64_t found = 0;
-  for (int64_t j = begin; j < keys; ++j) {
-    candidates[found] = static_cast<int32_t>(j);
-    found += scores[j] >= threshold;
-  }
-  return found;
-}
-
-#if defined(__x86_64__) && defined(__GNUC__)
-FASTATTN_AVX512_POPCOUNT int64_t collect_at_least_avx512(const Score* scores, int64_t keys, int threshold,
-                                                         int32_t* candidates) {
-  const __m512i below = _mm512_set1_epi16(static_cast<int16_t>(threshold - 1));
-  const __m512i first_half = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
-  const __m512i sixteen = _mm512_set1_epi32(16);
-  int64_t found = 0, j = 0;
-  for (; j + 32 <= keys; j += 32) {
-    const __mmask32 hits = _mm512_cmpgt_epi16_mask(_mm512_loadu_si512(scores + j), below);
-    const __m512i low = _mm512_add_epi32(first_half, _mm512_set1_epi32(static_cast<int32_t>(j)));
-    const __mmask16 low_hits = static_cast<__mmask16>(hits), high_hits = static_cast<__mmask16>(hits >> 16);
-    _mm512_storeu_si512(candidates + found, _mm512_maskz_compress_epi32(low_hits, low));
-    found += __builtin_popcount(low_hits);
-    _mm512_storeu_si512(candidates + found, _mm512_maskz_compress_epi32(high_hits, _mm512_add_epi32(low, sixteen)));
-    found += __builtin_popcount(high_hits);
-  }
-  return found + collect_at_least_scalar(scores, j, keys, threshold, candidates + found);
-}
-#endif
-
-int64_t collect_at_least(const Score* scores, int64_t keys, int threshold, int32_t* candidates) {
-#if defined(__x86_64__) && defined(__GNUC__)
-  if (cpu::cpu_has_avx512_popcount()) return collect_at_least_avx512(scores, keys, threshold, candidates);
-#endif
-  return collect_at_least_scalar(scores, 0, keys, threshold, candidates);
-}
-
-// scores[j]: equal bits of query_code and key j among the first n_bits, -1 where padded.
-// kWords > 0 fixes the code width at compile time, so the loop vectorises (eight keys per
-// instruction with AVX-512 VPOPCNTDQ).
-template <int kWords>
-[[gnu::always_inline]] inline void hamming_scores(const int64_t* query_code, const int64_t* key_codes,
-                                                  const bool* padding, int64_t keys, int words, int n_bits,
-                                                  Score* scores) {
-  const int width = kWords > 0 ? kWords : words;
-  for (int64_t j = 0; j < keys; ++j) {
-    scores[j] = static_cast<Score>(lsh::equal_bits(query_code, key_codes + j * width, width, n_bits));
-  }
-  if (padding) {  // -1 where padded, as an OR with 0 or -1: GCC left a select scalar
-    const uint8_t* padded = reinterpret_cast<const uint8_t*>(padding);  // a bool is one byte, 0 or 1
-#pragma GCC ivdep
-    for (int64_t j = 0; j < keys; ++j) scores[j] |= static_cast<Score>(-static_cast<Score>(padded[j]));
-  }
-}
-
-// The lowest score still (partly) taken among the L best and how many keys score above
-// it; next[s] gets the number of keys of each score from the best down to the threshold.
-// Counts kBinsPerPass score values per pass, downwards from the best score: the L-th best
-// is usually within a few values of the best, so one or two passes find it.
-struct Threshold {
-  int score;
-  int64_t above;
-};
-
-#if defined(__x86_64__) && defined(__GNUC__)
-// counts[b] += the keys scoring top - b, 32 keys per step: a comparison into a mask and a
-// masked addition per bin on int16 lanes, where the portable loop takes int32 lanes and
-// three instructions per bin. The int16 tallies go into counts before they could overflow.
-FASTATTN_AVX512_POPCOUNT void count_top_bins_avx512(const Score* scores, int64_t keys, int top, int32_t* counts) {
-  constexpr int64_t kStepsPerFlush = 32767;  // the most an int16 lane can count
-  const __m512i top_lanes = _mm512_set1_epi16(static_cast<int16_t>(top)), ones = _mm512_set1_epi16(1);
-  int64_t j = 0;
-  while (j + 32 <= keys) {
-    __m512i tally[kBinsPerPass];
-    for (int b = 0; b < kBinsPerPass; ++b) tally[b] = _mm512_setzero_si512();
-    for (int64_t step = 0; step < kStepsPerFlush && j + 32 <= keys; ++step, j += 32) {
-      const __m512i below_top = _mm512_sub_epi16(top_lanes, _mm512_loadu_si512(scores + j));
-      for (int b = 0; b < kBinsPerPass; ++b) {
-        const __mmask32 hits = _mm512_cmpeq_epi16_mask(below_top, _mm512_set1_epi16(static_cast<int16_t>(b)));
-        tally[b] = _mm512_mask_add_epi16(tally[b], hits, tally[b], ones);
-      }
-    }
-    for (int b = 0; b < kBinsPerPass; ++b) {  // (GCC 12's _mm512_reduce_add_epi32 warns of an uninitialised read)
-      alignas(64) int32_t pair_sums[16];
-      _mm512_store_si512(pair_sums, _mm512_madd_epi16(tally[b], ones));
-      for (const int32_t sum : pair_sums) counts[b] += sum;
-    }
-  }
-  for (; j < keys; ++j) {
-    const int below_top = top - scores[j];
-    if (below_top >= 0 && below_top < kBinsPerPass) ++counts[below_top];
-  }
-}
-#endif
-
-// counts[b] = the keys scoring top - b, for b < kBinsPerPass.
-[[gnu::always_inline]] inline void count_top_bins(const Score* scores, int64_t keys, int top, int32_t* counts) {
-  std::fill(counts, counts + kBinsPerPass, 0);
-#if defined(__x86_64__) && defined(__GNUC__)
-  if (cpu::cpu_has_avx512_popcount()) return count_top_bins_avx512(scores, keys, top, counts);
-#endif
-  for (int64_t j = 0; j < keys; ++j) {
-    const int below_top = top - scores[j];
-    for (int b = 0; b < kBinsPerPass; ++b) counts[b] += below_top == b;
-  }
-}
-
-[[gnu::always_inline]] inline Threshold find_threshold(const Score* scores, int64_t keys, int64_t L, int best,
-                                                       int64_t* next) {
-  int64_t above = 0;
-  for (int top = best; top >= 0; top -= kBinsPerPass) {
-    int32_t counts[kBinsPerPass];
-    count_top_bins(scores, keys, top, counts);
-    for (int b = 0; b < kBinsPerPass && top - b >= 0; ++b) {
-      const int score = top - b;
-      next[score] = counts[b];
-      // Score 0 is the floor: keys scoring 0 fill whatever room is left.
-      if (above + counts[b] >= L || score == 0) return {score, above};
-      above += counts[b];
-    }
-  }
-  return {0, above};
-}
-
-// Writes the L best keys of query i (SPEC section 3), best first, -1 after the last: the
-// keys scoring above the threshold, and as many keys at the threshold as fit, nearest to
-// i first. The candidates, collected in index order, are visited in distance order by
-// walking outwards from i, which is the tie-break order: i, i-1, i+1, i-2, ...
-[[gnu::always_inline]] inline void select_by_small_scores(const Score* scores, int64_t keys, int64_t i, int64_t L,
-                                                          int32_t* out, HammingScratch& scratch) {
-  Score best = -1;
-  for (int64_t j = 0; j < keys; ++j) best = std::max(best, scores[j]);
-  int64_t taken = 0;
-  if (best >= 0) {
-    int64_t* next = scratch.next.data();
-    const auto [threshold, above] = find_threshold(scores, keys, L, best, next);
-    for (int score = best; score >= threshold; --score) {  // next[s]: where the next key of score s goes
-      const int64_t count = score > threshold ? next[score] : std::min<int64_t>(next[score], L - above);
-      next[score] = taken;
-      taken += count;
-    }
-    int32_t* candidates = scratch.candidates.data();
-    const int64_t found = collect_at_least(scores, keys, threshold, candidates);
-    // Which side comes next and whether a key at the threshold still fits are data-dependent
-    // coin flips: selects instead of branches, and a write to `discarded` for a key that
-    // does not fit. The clamps keep both reads in bounds; candidates has slack past `found`.
-    int64_t right = std::lower_bound(candidates, candidates + found, i) - candidates, left = right - 1;
-    int32_t discarded;
-    for (int64_t placed = 0, room = taken - above; placed < taken;) {
-      const int32_t nearest_left = candidates[std::max<int64_t>(left, 0)], nearest_right = candidates[right];
-      const bool go_left = left >= 0 && (right >= found || i - nearest_left <= nearest_right - i);
-      const int32_t j = go_left ? nearest_left : nearest_right;
-      left -= go_left;
-      right += !go_left;
-      const int score = scores[j];
-      const bool at_threshold = score == threshold, fits = !at_threshold || room > 0;
-      *(fits ? out + next[score] : &discarded) = j;
-      next[score] += fits;
-      room -= fits && at_threshold;
-      placed += fits;
-    }
-  }
-  std::fill(out + taken, out + L, -1);
-}
-
-// topk_keys in hamming mode: rows of queries, each against every key of its (batch, head).
-template <int kWords>
-void hamming_topk(const int64_t* q_codes, const int64_t* k_codes, const bool* padding, int64_t rows, int64_t H,
-                  int64_t Tq, int64_t Tk, int words, int n_bits, int64_t L, int32_t* out) {
+// topk_keys in hamming mode: rows of queries, each against every key of its (batch, head);
+// score_row(row, scores) writes a row's scores (always_inline, like the block around it).
+template <class ScoreRow>
+void hamming_topk(int64_t rows, int64_t Tq, int64_t Tk, int n_bits, int64_t L, int32_t* out,
+                  const ScoreRow& score_row) {
   cpu::parallel_blocks<cpu::Widest::kAvx512Popcount>(rows, kRowsPerTask, [&](int64_t begin, int64_t end)
                                                                             FASTATTN_INLINE_BLOCK {
-    HammingScratch scratch(Tk, n_bits);
+    cpu::hamming::Scratch scratch(Tk, n_bits, L);
     for (int64_t row = begin; row < end; ++row) {
-      const int64_t bh = row / Tq, b = bh / H, i = row % Tq;
-      hamming_scores<kWords>(q_codes + row * words, k_codes + bh * Tk * words, padding ? padding + b * Tk : nullptr,
-                             Tk, words, n_bits, scratch.scores.data());
-      select_by_small_scores(scratch.scores.data(), Tk, i, L, out + row * L, scratch);
+      score_row(row, scratch.scores.data());
+      cpu::hamming::select_row(scratch.scores.data(), Tk, row % Tq, L, out + row * L, scratch);
     }
   });
+}
+
+// The low 32 bits of every code of contiguous (B, H, T, W) codes, as (B, H, T) int32.
+at::Tensor low_code_words(const at::Tensor& codes) {
+  at::Tensor low = new_output({codes.size(0), codes.size(1), codes.size(2)}, codes.options().dtype(at::kInt));
+  const int64_t words = codes.size(3);
+  const int64_t* src = codes.data_ptr<int64_t>();
+  uint32_t* dst = reinterpret_cast<uint32_t*>(low.data_ptr<int32_t>());
+  at::parallel_for(0, low.numel(), 4096, [&](int64_t begin, int64_t end) {
+    for (int64_t r = begin; r < end; ++r) dst[r] = static_cast<uint32_t>(src[r * words]);
+  });
+  return low;
 }
 
 at::Tensor topk_keys_cpu(const at::Tensor& q_codes_in, const at::Tensor& k_codes_in, int64_t L,
@@ -362,10 +180,32 @@ at::Tensor topk_keys_cpu(const at::Tensor& q_codes_in, const at::Tensor& k_codes
   if (!bucket) {
     const int64_t* qc = q_codes.data_ptr<int64_t>();
     const int64_t* kc = k_codes.data_ptr<int64_t>();
-    switch (words) {  // the common widths, fixed at compile time
-      case 1: hamming_topk<1>(qc, kc, padding, B * H * Tq, H, Tq, Tk, words, n_bits, L, result); break;
-      case 2: hamming_topk<2>(qc, kc, padding, B * H * Tq, H, Tq, Tk, words, n_bits, L, result); break;
-      default: hamming_topk<0>(qc, kc, padding, B * H * Tq, H, Tq, Tk, words, n_bits, L, result); break;
+    const auto key_padding = [&](int64_t row) FASTATTN_INLINE_BLOCK {
+      return padding ? padding + row / Tq / H * Tk : nullptr;
+    };
+    // Codes of at most 32 bits (the modules' default) take 32-bit words, eight keys per AVX2
+    // vector, unless the CPU counts bits in vectors (VPOPCNTDQ), which the wide path uses.
+    if (n_bits <= 32 && !cpu::cpu_has_avx512_popcount()) {
+      const at::Tensor key_words = low_code_words(k_codes);  // once: every query of a (batch, head) reads them
+      const uint32_t* kw = reinterpret_cast<const uint32_t*>(key_words.data_ptr<int32_t>());
+      hamming_topk(B * H * Tq, Tq, Tk, n_bits, L, result, [&](int64_t row, cpu::hamming::Score* scores)
+                                                              FASTATTN_INLINE_BLOCK {
+        cpu::hamming::narrow_scores(qc[row * words], kw + row / Tq * Tk, key_padding(row), Tk, n_bits, scores);
+      });
+      return out;
+    }
+    const auto wide = [&](auto fixed_words) {
+      constexpr int kWords = decltype(fixed_words)::value;
+      hamming_topk(B * H * Tq, Tq, Tk, n_bits, L, result, [&](int64_t row, cpu::hamming::Score* scores)
+                                                              FASTATTN_INLINE_BLOCK {
+        cpu::hamming::wide_scores<kWords>(qc + row * words, kc + row / Tq * Tk * words, key_padding(row), Tk, words,
+                                          n_bits, scores);
+      });
+    };
+    switch (words) {  // the common widths fixed at compile time (0: any)
+      case 1: wide(std::integral_constant<int, 1>{}); break;
+      case 2: wide(std::integral_constant<int, 2>{}); break;
+      default: wide(std::integral_constant<int, 0>{}); break;
     }
     return out;
   }

@@ -66,8 +66,10 @@ class LSHAttention(nn.Module):
         self.register_buffer("projections", torch.randn(n_bits, head_dim + ops.extra_dims(scheme, m)))
 
     def forward(self, q, k, v, key_padding_mask, need_weights):
-        if self.shared_qk:
-            k = keys_from_queries(q)
+        # The heads come as strided views of one projection; each op below would copy them
+        # again (and normalize keeps the strides), so they are made contiguous here once.
+        q, v = q.contiguous(), v.contiguous()
+        k = keys_from_queries(q) if self.shared_qk else k.contiguous()
         projections = torch.randn_like(self.projections) if self.training else self.projections
         hashing = {"key_padding_mask": key_padding_mask, "m": self.m, "U": self.U}
         q_codes = ops.alsh_hash(q, self.scheme, "query", projections, keys=k, **hashing)

@@ -1,0 +1,336 @@
+#pragma once
+
+// topk_keys' "hamming" selection on the CPU, one query row at a time (SPEC section 3): the
+// row's scores against every key, the lowest score still taken among the L best, the keys
+// at or above it, and those placed best first. Every pass but the last reads the row's
+// scores from L1 and is vectorised (by GCC, or by intrinsics where GCC left it scalar),
+// about a cycle per key or less; the last visits only the keys at or above the threshold.
+//
+// Everything here is always_inline: the callers run inside cpu::parallel_blocks, which
+// compiles one copy of a block per instruction set (instruction_sets.h).
+
+#include <algorithm>
+#include <cstdint>
+#include <cstring>
+#include <limits>
+#include <vector>
+
+#if defined(__x86_64__)
+#include <immintrin.h>
+#endif
+
+#include "fastattn/lsh_select.h"
+#include "instruction_sets.h"
+
+namespace fastattn::cpu::hamming {
+
+using Score = int16_t;  // 0 .. 256 equal bits, -1 for a padded key
+
+// How many consecutive score values one counting pass tallies.
+constexpr int kBinsPerPass = 8;
+
+// Per-task scratch, reused across rows.
+struct Scratch {
+  // Sentinel slots before the first candidate, and slots collect_at_least may write past
+  // the last one (the sentinels after it included).
+  static constexpr int64_t kLeadingSlots = 2;
+  static constexpr int64_t kTrailingSlots = 16;
+
+  std::vector<Score> scores;
+  std::vector<int32_t> candidate_slots;
+  std::vector<int64_t> next;         // keys per score, then the next free slot per score
+  std::vector<int32_t> placed_keys;  // a row's L keys, best first, and a spare slot
+
+  Scratch(int64_t keys, int n_bits, int64_t L)
+      : scores(keys),
+        candidate_slots(kLeadingSlots + keys + kTrailingSlots),
+        next(n_bits + 1),
+        placed_keys(L + 1) {}
+  int32_t* candidates() { return candidate_slots.data() + kLeadingSlots; }
+};
+
+// scores[j] -1 where key j is padded, as an OR with 0 or -1: GCC left a select scalar.
+[[gnu::always_inline]] inline void mark_padded(const bool* padding, int64_t keys, Score* scores) {
+  const uint8_t* padded = reinterpret_cast<const uint8_t*>(padding);  // a bool is one byte, 0 or 1
+#pragma GCC ivdep
+  for (int64_t j = 0; j < keys; ++j) scores[j] |= static_cast<Score>(-static_cast<Score>(padded[j]));
+}
+
+// scores[j]: equal bits of query_code and key j among the first n_bits, -1 where padded.
+// kWords > 0 fixes the code width at compile time, so the loop vectorises (eight keys per
+// instruction with AVX-512 VPOPCNTDQ; scalar population counts without it).
+template <int kWords>
+[[gnu::always_inline]] inline void wide_scores(const int64_t* query_code, const int64_t* key_codes,
+                                               const bool* padding, int64_t keys, int words, int n_bits,
+                                               Score* scores) {
+  const int width = kWords > 0 ? kWords : words;
+  for (int64_t j = 0; j < keys; ++j) {
+    scores[j] = static_cast<Score>(lsh::equal_bits(query_code, key_codes + j * width, width, n_bits));
+  }
+  if (padding) mark_padded(padding, keys, scores);
+}
+
+// Set bits of a 32-bit word by shifts, masks and adds: GCC vectorises this over keys in
+// every copy (eight keys per AVX2 instruction), where it leaves __builtin_popcount scalar
+// unless the CPU has VPOPCNTDQ.
+[[gnu::always_inline]] inline uint32_t popcount32(uint32_t x) {
+  x = x - ((x >> 1) & 0x55555555u);
+  x = (x & 0x33333333u) + ((x >> 2) & 0x33333333u);
+  x = (x + (x >> 4)) & 0x0f0f0f0fu;
+  return (x + (x >> 8) + (x >> 16) + (x >> 24)) & 0x3fu;  // the four byte counts, at most 32
+}
+
+// wide_scores for codes of at most 32 bits (the modules' default), from the low words of
+// the key codes, lsh::equal_bits' rule on 32-bit words.
+[[gnu::always_inline]] inline void narrow_scores(int64_t query_code, const uint32_t* key_words, const bool* padding,
+                                                 int64_t keys, int n_bits, Score* scores) {
+  const uint32_t in_code = static_cast<uint32_t>(lsh::word_mask(0, n_bits));
+  const uint32_t query = static_cast<uint32_t>(query_code);
+  for (int64_t j = 0; j < keys; ++j) {
+    scores[j] = static_cast<Score>(n_bits - static_cast<int>(popcount32((query ^ key_words[j]) & in_code)));
+  }
+  if (padding) mark_padded(padding, keys, scores);
+}
+
+// The j whose score is at least `threshold`, in increasing order, into candidates; returns
+// how many. They are a few percent of the keys, so a scalar loop spends its time on the
+// others: the vector copies take 16 or 32 keys per comparison and write their hits with no
+// branch, and may write up to Scratch::kTrailingSlots entries past the last hit.
+[[gnu::always_inline]] inline int64_t collect_at_least_scalar(const Score* scores, int64_t begin, int64_t keys,
+                                                              int threshold, int32_t* candidates) {
+  int64_t found = 0;
+  for (int64_t j = begin; j < keys; ++j) {
+    candidates[found] = static_cast<int32_t>(j);
+    found += scores[j] >= threshold;
+  }
+  return found;
+}
+
+#if defined(__x86_64__) && defined(__GNUC__)
+FASTATTN_AVX512_POPCOUNT inline int64_t collect_at_least_avx512(const Score* scores, int64_t keys, int threshold,
+                                                                int32_t* candidates) {
+  const __m512i below = _mm512_set1_epi16(static_cast<int16_t>(threshold - 1));
+  const __m512i first_half = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+  const __m512i sixteen = _mm512_set1_epi32(16);
+  int64_t found = 0, j = 0;
+  for (; j + 32 <= keys; j += 32) {
+    const __mmask32 hits = _mm512_cmpgt_epi16_mask(_mm512_loadu_si512(scores + j), below);
+    const __m512i low = _mm512_add_epi32(first_half, _mm512_set1_epi32(static_cast<int32_t>(j)));
+    const __mmask16 low_hits = static_cast<__mmask16>(hits), high_hits = static_cast<__mmask16>(hits >> 16);
+    _mm512_storeu_si512(candidates + found, _mm512_maskz_compress_epi32(low_hits, low));
+    found += __builtin_popcount(low_hits);
+    _mm512_storeu_si512(candidates + found, _mm512_maskz_compress_epi32(high_hits, _mm512_add_epi32(low, sixteen)));
+    found += __builtin_popcount(high_hits);
+  }
+  return found + collect_at_least_scalar(scores, j, keys, threshold, candidates + found);
+}
+
+// For each byte m, the positions of m's set bits in increasing order, one per nibble from
+// the lowest: AVX2 has no compress, so eight hits become eight lane offsets by a lookup.
+struct SetBitPositions {
+  uint32_t packed[256];
+  constexpr SetBitPositions() : packed() {
+    for (int m = 0; m < 256; ++m) {
+      for (int bit = 0, count = 0; bit < 8; ++bit) {
+        if (m >> bit & 1) packed[m] |= static_cast<uint32_t>(bit) << (4 * count++);
+      }
+    }
+  }
+};
+inline constexpr SetBitPositions kSetBitPositions{};
+
+// 16 keys per step: one comparison, their 16 hit bits, and per group of eight the offsets
+// of its hits from the table, unpacked by a variable shift and written as one vector.
+FASTATTN_AVX2 inline int64_t collect_at_least_avx2(const Score* scores, int64_t keys, int threshold,
+                                                   int32_t* candidates) {
+  const __m256i below = _mm256_set1_epi16(static_cast<int16_t>(threshold - 1));
+  const __m256i nibble_shifts = _mm256_setr_epi32(0, 4, 8, 12, 16, 20, 24, 28), low_nibble = _mm256_set1_epi32(15);
+  int64_t found = 0, j = 0;
+  for (; j + 16 <= keys; j += 16) {
+    const __m256i hits16 = _mm256_cmpgt_epi16(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(scores + j)), below);
+    // packs keeps one byte per key: keys 0-7 in bytes 0-7, keys 8-15 in bytes 16-23.
+    const uint32_t bytes = static_cast<uint32_t>(_mm256_movemask_epi8(_mm256_packs_epi16(hits16, hits16)));
+    const uint32_t groups[2] = {bytes & 0xffu, (bytes >> 16) & 0xffu};
+    for (int g = 0; g < 2; ++g) {
+      const __m256i offsets = _mm256_and_si256(
+          _mm256_srlv_epi32(_mm256_set1_epi32(static_cast<int32_t>(kSetBitPositions.packed[groups[g]])), nibble_shifts),
+          low_nibble);
+      const __m256i keys8 = _mm256_add_epi32(offsets, _mm256_set1_epi32(static_cast<int32_t>(j + 8 * g)));
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(candidates + found), keys8);
+      found += __builtin_popcount(groups[g]);
+    }
+  }
+  return found + collect_at_least_scalar(scores, j, keys, threshold, candidates + found);
+}
+#endif
+
+[[gnu::always_inline]] inline int64_t collect_at_least(const Score* scores, int64_t keys, int threshold,
+                                                       int32_t* candidates) {
+#if defined(__x86_64__) && defined(__GNUC__)
+  if (cpu_has_avx512_popcount()) return collect_at_least_avx512(scores, keys, threshold, candidates);
+  if (cpu_has_avx2()) return collect_at_least_avx2(scores, keys, threshold, candidates);
+#endif
+  return collect_at_least_scalar(scores, 0, keys, threshold, candidates);
+}
+
+#if defined(__x86_64__) && defined(__GNUC__)
+// counts[b] += the keys scoring top - b, 32 keys per step: a comparison into a mask and a
+// masked addition per bin on int16 lanes. The int16 tallies go into counts before they
+// could overflow.
+FASTATTN_AVX512_POPCOUNT inline void count_top_bins_avx512(const Score* scores, int64_t keys, int top,
+                                                           int32_t* counts) {
+  constexpr int64_t kStepsPerFlush = 32767;  // the most an int16 lane can count
+  const __m512i top_lanes = _mm512_set1_epi16(static_cast<int16_t>(top)), ones = _mm512_set1_epi16(1);
+  int64_t j = 0;
+  while (j + 32 <= keys) {
+    __m512i tally[kBinsPerPass];
+    for (int b = 0; b < kBinsPerPass; ++b) tally[b] = _mm512_setzero_si512();
+    for (int64_t step = 0; step < kStepsPerFlush && j + 32 <= keys; ++step, j += 32) {
+      const __m512i below_top = _mm512_sub_epi16(top_lanes, _mm512_loadu_si512(scores + j));
+      for (int b = 0; b < kBinsPerPass; ++b) {
+        const __mmask32 hits = _mm512_cmpeq_epi16_mask(below_top, _mm512_set1_epi16(static_cast<int16_t>(b)));
+        tally[b] = _mm512_mask_add_epi16(tally[b], hits, tally[b], ones);
+      }
+    }
+    for (int b = 0; b < kBinsPerPass; ++b) {  // (GCC 12's _mm512_reduce_add_epi32 warns of an uninitialised read)
+      alignas(64) int32_t pair_sums[16];
+      _mm512_store_si512(pair_sums, _mm512_madd_epi16(tally[b], ones));
+      for (const int32_t sum : pair_sums) counts[b] += sum;
+    }
+  }
+  for (; j < keys; ++j) {
+    const int below_top = top - scores[j];
+    if (below_top >= 0 && below_top < kBinsPerPass) ++counts[below_top];
+  }
+}
+#endif
+
+// The same on 16 int16 lanes of a GCC vector (one AVX2 register, two SSE ones): a
+// comparison (-1 where true) subtracted per bin. A loop over int32 counts, which GCC
+// vectorises by itself, takes twice the instructions.
+[[gnu::always_inline]] inline void count_top_bins_lanes(const Score* scores, int64_t keys, int top, int32_t* counts) {
+  typedef Score Lanes __attribute__((vector_size(32)));
+  constexpr int kLanes = sizeof(Lanes) / sizeof(Score);
+  constexpr int64_t kStepsPerFlush = 32767;
+  int64_t j = 0;
+  while (j + kLanes <= keys) {
+    Lanes tally[kBinsPerPass] = {};
+    for (int64_t step = 0; step < kStepsPerFlush && j + kLanes <= keys; ++step, j += kLanes) {
+      Lanes lanes;
+      std::memcpy(&lanes, scores + j, sizeof(lanes));
+      const Lanes below_top = static_cast<Score>(top) - lanes;
+#pragma GCC unroll 8
+      for (int b = 0; b < kBinsPerPass; ++b) tally[b] -= below_top == static_cast<Score>(b);
+    }
+    for (int b = 0; b < kBinsPerPass; ++b) {
+      Score lane_counts[kLanes];
+      std::memcpy(lane_counts, &tally[b], sizeof(lane_counts));
+      for (const Score count : lane_counts) counts[b] += static_cast<uint16_t>(count);
+    }
+  }
+  for (; j < keys; ++j) {
+    const int below_top = top - scores[j];
+    if (below_top >= 0 && below_top < kBinsPerPass) ++counts[below_top];
+  }
+}
+
+// counts[b] = the keys scoring top - b, for b < kBinsPerPass.
+[[gnu::always_inline]] inline void count_top_bins(const Score* scores, int64_t keys, int top, int32_t* counts) {
+  std::fill(counts, counts + kBinsPerPass, 0);
+#if defined(__x86_64__) && defined(__GNUC__)
+  if (cpu_has_avx512_popcount()) return count_top_bins_avx512(scores, keys, top, counts);
+#endif
+  count_top_bins_lanes(scores, keys, top, counts);
+}
+
+// The lowest score still (partly) taken among the L best and how many keys score above
+// it; next[s] gets the number of keys of each score from the best down to the threshold.
+// Counts kBinsPerPass score values per pass, downwards from the best score: the L-th best
+// is usually within a few values of the best, so one or two passes find it.
+struct Threshold {
+  int score;
+  int64_t above;
+};
+
+[[gnu::always_inline]] inline Threshold find_threshold(const Score* scores, int64_t keys, int64_t L, int best,
+                                                       int64_t* next) {
+  int64_t above = 0;
+  for (int top = best; top >= 0; top -= kBinsPerPass) {
+    int32_t bins[kBinsPerPass];
+    count_top_bins(scores, keys, top, bins);
+    for (int b = 0; b < kBinsPerPass && top - b >= 0; ++b) {
+      const int score = top - b;
+      next[score] = bins[b];
+      // Score 0 is the floor: keys scoring 0 fill whatever room is left.
+      if (above + bins[b] >= L || score == 0) return {score, above};
+      above += bins[b];
+    }
+  }
+  return {0, above};
+}
+
+// Places the candidates (keys at or above the threshold, in increasing order) in the
+// tie-break order i, i-1, i+1, i-2, ...: a merge of the ones left of i, walked down, with
+// the ones right of it, walked up. Each lands in its score's next free slot next[score] of
+// placed_keys (a counting sort that keeps that order); a key at the threshold once `room`
+// is used up goes to the spare slot placed_keys[L]. Stops when `taken` keys are placed.
+//
+// Which side comes next and whether a key fits are coin flips, so the steps are masks, not
+// branches (GCC made branches of plain selects here), and each side's next candidate is
+// loaded a step ahead: a step waits on a comparison, not on a load. noinline: the merge is
+// scalar, the same in every copy, and inlined into the vector loops GCC spilled its state.
+// (Measured slower on AMD Zen 3: a counting sort into per-score buckets in index order,
+// then a merge per bucket, 15%; the per-score counts in registers instead of next[], 20%.)
+[[gnu::noinline]] inline void merge_by_distance(const Score* scores, int32_t* candidates, int64_t found, int64_t i,
+                                                int threshold, int64_t room, int64_t taken, int64_t L,
+                                                int64_t* next, int32_t* placed_keys) {
+  // Sentinels two slots beyond each end, as far from i as an int32 gets: never nearer
+  // than a real candidate, so the walk needs no bounds checks.
+  candidates[-2] = candidates[-1] = std::numeric_limits<int32_t>::min();
+  candidates[found] = candidates[found + 1] = std::numeric_limits<int32_t>::max();
+  int64_t right = std::lower_bound(candidates, candidates + found, i) - candidates, left = right - 1;
+  int64_t nearest_left = candidates[left], nearest_right = candidates[right];
+  for (int64_t placed = 0; placed < taken;) {
+    const int64_t after_left = candidates[left - 1], after_right = candidates[right + 1];
+    const int64_t go_left = i - nearest_left <= nearest_right - i;
+    const int64_t left_mask = -go_left;
+    const int64_t j = nearest_right ^ ((nearest_left ^ nearest_right) & left_mask);
+    nearest_left ^= (nearest_left ^ after_left) & left_mask;
+    nearest_right ^= (nearest_right ^ after_right) & ~left_mask;
+    left -= go_left;
+    right += 1 - go_left;
+    const int score = scores[j];
+    const int64_t at_threshold = score == threshold;
+    const int64_t fits = 1 - (at_threshold & (room <= 0));
+    placed_keys[L + ((next[score] - L) & -fits)] = static_cast<int32_t>(j);
+    next[score] += fits;
+    room -= at_threshold & fits;
+    placed += fits;
+  }
+}
+
+// Writes the L best keys of query i, best first, -1 after the last: the keys scoring above
+// the threshold, and as many keys at the threshold as fit, nearest to i first.
+[[gnu::always_inline]] inline void select_row(const Score* scores, int64_t keys, int64_t i, int64_t L, int32_t* out,
+                                              Scratch& scratch) {
+  Score best = -1;
+  for (int64_t j = 0; j < keys; ++j) best = std::max(best, scores[j]);
+  int64_t taken = 0;
+  if (best >= 0) {
+    int64_t* next = scratch.next.data();
+    const auto [threshold, above] = find_threshold(scores, keys, L, best, next);
+    for (int score = best; score >= threshold; --score) {  // next[s]: where the next key of score s goes
+      const int64_t count = score > threshold ? next[score] : std::min<int64_t>(next[score], L - above);
+      next[score] = taken;
+      taken += count;
+    }
+    int32_t* candidates = scratch.candidates();
+    const int64_t found = collect_at_least(scores, keys, threshold, candidates);
+    int32_t* placed_keys = scratch.placed_keys.data();
+    merge_by_distance(scores, candidates, found, i, threshold, taken - above, taken, L, next, placed_keys);
+    std::copy(placed_keys, placed_keys + taken, out);
+  }
+  std::fill(out + taken, out + L, -1);
+}
+
+}  // namespace fastattn::cpu::hamming
