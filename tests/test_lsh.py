@@ -172,6 +172,22 @@ def test_topk_matches_reference(device, mode, words, n_bits, length, L, distinct
 
 
 @pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("length, L", [(97, 64), (300, 64), (300, 250)])
+@pytest.mark.parametrize("n_bits", [32, 20, 64])
+@pytest.mark.parametrize("distinct", [None, 3])
+def test_topk_matches_reference_on_long_rows(device, length, L, n_bits, distinct):
+    """Rows long enough for the CPU's vector loops (16 and 32 keys a step, away from
+    either end of the row) and for the keys beyond the shorter side of the query."""
+    _, _, mask = queries_and_keys(2, 2, length, 8, "random", seed=length, device=device)
+    q_codes = random_codes(2, 2, length, 1, seed=n_bits, device=device, n_distinct=distinct)
+    k_codes = random_codes(2, 2, length, 1, seed=n_bits + 1, device=device, n_distinct=distinct)
+    for padding in (None, mask):
+        got = ops.topk_keys(q_codes, k_codes, L, key_padding_mask=padding, n_bits=n_bits)
+        want = reference.topk_keys(q_codes, k_codes, L, key_padding_mask=padding, n_bits=n_bits)
+        assert torch.equal(got.cpu(), want.cpu())
+
+
+@pytest.mark.parametrize("device", DEVICES)
 def test_topk_with_L_larger_than_T_fills_minus_one(device):
     codes = random_codes(1, 1, 5, 1, seed=7, device=device)
     got = ops.topk_keys(codes, codes, 8)

@@ -31,22 +31,17 @@ constexpr int kBinsPerPass = 8;
 
 // Per-task scratch, reused across rows.
 struct Scratch {
-  // Sentinel slots before the first candidate, and slots collect_at_least may write past
-  // the last one (the sentinels after it included).
-  static constexpr int64_t kLeadingSlots = 2;
-  static constexpr int64_t kTrailingSlots = 16;
+  // collect_at_least may write this many entries past the last candidate
+  static constexpr int64_t kCandidateSlack = 16;
 
   std::vector<Score> scores;
-  std::vector<int32_t> candidate_slots;
+  std::vector<Score> ordered;  // the scores in the row's tie-break order
+  std::vector<int32_t> candidates;
   std::vector<int64_t> next;         // keys per score, then the next free slot per score
   std::vector<int32_t> placed_keys;  // a row's L keys, best first, and a spare slot
 
   Scratch(int64_t keys, int n_bits, int64_t L)
-      : scores(keys),
-        candidate_slots(kLeadingSlots + keys + kTrailingSlots),
-        next(n_bits + 1),
-        placed_keys(L + 1) {}
-  int32_t* candidates() { return candidate_slots.data() + kLeadingSlots; }
+      : scores(keys), ordered(keys), candidates(keys + kCandidateSlack), next(n_bits + 1), placed_keys(L + 1) {}
 };
 
 // scores[j] -1 where key j is padded, as an OR with 0 or -1: GCC left a select scalar.
@@ -95,7 +90,7 @@ template <int kWords>
 // The j whose score is at least `threshold`, in increasing order, into candidates; returns
 // how many. They are a few percent of the keys, so a scalar loop spends its time on the
 // others: the vector copies take 16 or 32 keys per comparison and write their hits with no
-// branch, and may write up to Scratch::kTrailingSlots entries past the last hit.
+// branch, and may write up to Scratch::kCandidateSlack entries past the last hit.
 [[gnu::always_inline]] inline int64_t collect_at_least_scalar(const Score* scores, int64_t begin, int64_t keys,
                                                               int threshold, int32_t* candidates) {
   int64_t found = 0;
@@ -269,37 +264,55 @@ struct Threshold {
   return {0, above};
 }
 
-// Places the candidates (keys at or above the threshold, in increasing order) in the
-// tie-break order i, i-1, i+1, i-2, ...: a merge of the ones left of i, walked down, with
-// the ones right of it, walked up. Each lands in its score's next free slot next[score] of
-// placed_keys (a counting sort that keeps that order); a key at the threshold once `room`
-// is used up goes to the spare slot placed_keys[L]. Stops when `taken` keys are placed.
-//
-// Which side comes next and whether a key fits are coin flips, so the steps are masks, not
-// branches (GCC made branches of plain selects here), and each side's next candidate is
-// loaded a step ahead: a step waits on a comparison, not on a load. noinline: the merge is
-// scalar, the same in every copy, and inlined into the vector loops GCC spilled its state.
-// (Measured slower on AMD Zen 3: a counting sort into per-score buckets in index order,
-// then a merge per bucket, 15%; the per-score counts in registers instead of next[], 20%.)
-[[gnu::noinline]] inline void merge_by_distance(const Score* scores, int32_t* candidates, int64_t found, int64_t i,
-                                                int threshold, int64_t room, int64_t taken, int64_t L,
-                                                int64_t* next, int32_t* placed_keys) {
-  // Sentinels two slots beyond each end, as far from i as an int32 gets: never nearer
-  // than a real candidate, so the walk needs no bounds checks.
-  candidates[-2] = candidates[-1] = std::numeric_limits<int32_t>::min();
-  candidates[found] = candidates[found + 1] = std::numeric_limits<int32_t>::max();
-  int64_t right = std::lower_bound(candidates, candidates + found, i) - candidates, left = right - 1;
-  int64_t nearest_left = candidates[left], nearest_right = candidates[right];
-  for (int64_t placed = 0; placed < taken;) {
-    const int64_t after_left = candidates[left - 1], after_right = candidates[right + 1];
-    const int64_t go_left = i - nearest_left <= nearest_right - i;
-    const int64_t left_mask = -go_left;
-    const int64_t j = nearest_right ^ ((nearest_left ^ nearest_right) & left_mask);
-    nearest_left ^= (nearest_left ^ after_left) & left_mask;
-    nearest_right ^= (nearest_right ^ after_right) & ~left_mask;
-    left -= go_left;
-    right += 1 - go_left;
-    const int score = scores[j];
+// scores rearranged into query i's tie-break order i, i-1, i+1, i-2, i+2, ...: ordered[d]
+// is the score of key_in_distance_order(i, d) for d < keys. Pairs of steps sixteen keys at
+// a time, one side reversed and the two interleaved by vector shuffles; then the rest of
+// the longer side.
+[[gnu::always_inline]] inline void order_by_distance(const Score* scores, int64_t keys, int64_t i, Score* ordered) {
+  typedef Score Lanes __attribute__((vector_size(32)));
+  typedef int16_t Order __attribute__((vector_size(32)));
+  const int64_t both = std::min(i, keys - 1 - i);  // steps m = 1 .. both have a key on each side
+  ordered[0] = scores[i];
+  int64_t m = 1;
+  for (; m + 15 <= both; m += 16) {
+    Lanes left, right;
+    std::memcpy(&left, scores + i - m - 15, sizeof(left));  // keys i-m-15 .. i-m
+    std::memcpy(&right, scores + i + m, sizeof(right));    // keys i+m .. i+m+15
+    const Lanes nearest_first = __builtin_shuffle(left, Order{15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0});
+    const Lanes low = __builtin_shuffle(nearest_first, right, Order{0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23});
+    const Lanes high =
+        __builtin_shuffle(nearest_first, right, Order{8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31});
+    std::memcpy(ordered + 2 * m - 1, &low, sizeof(low));
+    std::memcpy(ordered + 2 * m + 15, &high, sizeof(high));
+  }
+  for (; m <= both; ++m) {
+    ordered[2 * m - 1] = scores[i - m];
+    ordered[2 * m] = scores[i + m];
+  }
+  Score* rest = ordered + 2 * both + 1;
+  if (i > both) {
+    for (int64_t j = i - both - 1; j >= 0; --j) *rest++ = scores[j];
+  } else {
+    std::copy(scores + i + both + 1, scores + keys, rest);
+  }
+}
+
+// Places the candidates (the positions d in tie-break order whose key scores at least the
+// threshold, increasing) in that order: each key lands in its score's next free slot
+// next[score] of placed_keys (a counting sort, which keeps the order), and a key at the
+// threshold once `room` is used up in the spare slot placed_keys[L]. Stops when `taken`
+// keys are placed. Whether a key fits is a coin flip, so masks, not branches. noinline:
+// scalar code, the same in every copy, given its own registers (inlined into the vector
+// loops, GCC spilled them).
+[[gnu::noinline]] inline void place_in_order(const Score* ordered, const int32_t* candidates, int64_t keys, int64_t i,
+                                             int threshold, int64_t room, int64_t taken, int64_t L, int64_t* next,
+                                             int32_t* placed_keys) {
+  const int64_t both = std::min(i, keys - 1 - i), tail_step = i > both ? -1 : 1;
+  for (int64_t c = 0, placed = 0; placed < taken; ++c) {
+    const int64_t d = candidates[c], step = (d + 1) >> 1;
+    // key_in_distance_order(i, d), where d <= 2 * both alternates sides, and then walks on.
+    const int64_t j = d <= 2 * both ? i + step - 2 * step * (d & 1) : i + tail_step * (d - both);
+    const int score = ordered[d];
     const int64_t at_threshold = score == threshold;
     const int64_t fits = 1 - (at_threshold & (room <= 0));
     placed_keys[L + ((next[score] - L) & -fits)] = static_cast<int32_t>(j);
@@ -310,24 +323,28 @@ struct Threshold {
 }
 
 // Writes the L best keys of query i, best first, -1 after the last: the keys scoring above
-// the threshold, and as many keys at the threshold as fit, nearest to i first.
+// the threshold, and as many keys at the threshold as fit, nearest to i first. Works on
+// the scores in tie-break order, so the candidates come out of the collection in the
+// order they are placed in.
 [[gnu::always_inline]] inline void select_row(const Score* scores, int64_t keys, int64_t i, int64_t L, int32_t* out,
                                               Scratch& scratch) {
+  Score* ordered = scratch.ordered.data();
+  order_by_distance(scores, keys, i, ordered);
   Score best = -1;
-  for (int64_t j = 0; j < keys; ++j) best = std::max(best, scores[j]);
+  for (int64_t d = 0; d < keys; ++d) best = std::max(best, ordered[d]);
   int64_t taken = 0;
   if (best >= 0) {
     int64_t* next = scratch.next.data();
-    const auto [threshold, above] = find_threshold(scores, keys, L, best, next);
+    const auto [threshold, above] = find_threshold(ordered, keys, L, best, next);
     for (int score = best; score >= threshold; --score) {  // next[s]: where the next key of score s goes
       const int64_t count = score > threshold ? next[score] : std::min<int64_t>(next[score], L - above);
       next[score] = taken;
       taken += count;
     }
-    int32_t* candidates = scratch.candidates();
-    const int64_t found = collect_at_least(scores, keys, threshold, candidates);
+    int32_t* candidates = scratch.candidates.data();
+    collect_at_least(ordered, keys, threshold, candidates);
     int32_t* placed_keys = scratch.placed_keys.data();
-    merge_by_distance(scores, candidates, found, i, threshold, taken - above, taken, L, next, placed_keys);
+    place_in_order(ordered, candidates, keys, i, threshold, taken - above, taken, L, next, placed_keys);
     std::copy(placed_keys, placed_keys + taken, out);
   }
   std::fill(out + taken, out + L, -1);

@@ -78,4 +78,4 @@ class LSHAttention(nn.Module):
                                 q=q, k=k, n_bits=self.n_bits)
         # topk_keys never picks a padded key: no padding left to drop.
         return attend_slots(q, k, v, indices, key_padding_mask=None, shared_qk=self.shared_qk,
-                            need_weights=need_weights)
+                            need_weights=need_weights, owned=True)
