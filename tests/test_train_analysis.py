@@ -128,6 +128,26 @@ def test_collect_maps_crops_each_utterance_and_keeps_rows_stochastic():
     assert len(classify_heads(maps.values())) == 8
 
 
+def test_collect_maps_in_a_window_sees_only_the_first_frames():
+    """With a window of 20, the maps of longer utterances are those of their first 20
+    frames alone (the same as collecting on those frames), shorter ones are untouched."""
+    torch.manual_seed(0)
+    model = AudioALBERT(AudioALBERTConfig.tiny(attention="full"))
+    lengths = [17, 30, 9, 45]
+    data = tiny_dataset(lengths)
+    windowed = collect_maps(model, data, collate, utterances=4, batch_size=2, window=20)
+    cut = [{**item, "features": item["features"][:20]} for item in data]
+    expected = collect_maps(model, cut, collate, utterances=4, batch_size=2)
+    for key, per_utterance in windowed.items():
+        assert [m.shape for m in per_utterance] == [(min(t, 20),) * 2 for t in lengths]
+        for got, want in zip(per_utterance, expected[key]):
+            torch.testing.assert_close(got, want)
+    whole = collect_maps(model, data, collate, utterances=4, batch_size=2)
+    assert whole[(0, 0)][1].shape == (30, 30)
+    with pytest.raises(ValueError, match="window"):
+        collect_maps(model, data, collate, window=0)
+
+
 def test_embedding_and_plot(tmp_path):
     pytest.importorskip("sklearn")
     pytest.importorskip("matplotlib")

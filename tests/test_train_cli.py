@@ -68,6 +68,13 @@ def test_pretrain_then_probe(corpus, pretrained, tmp_path):
     main(["probe", str(corpus), "--cache", str(cache), "--checkpoint", str(run / "checkpoint.pt"),
           "--window", "0", "--hidden", "16", "--epochs", "1", "--out", str(results)])  # whole utterances
     assert set(json.loads(results.read_text())["test"]) == set(TASKS)
+    # each layer alone, and the best on dev per probe
+    main(["probe", str(corpus), "--cache", str(cache), "--checkpoint", str(run / "checkpoint.pt"),
+          "--layer", "all", "--hidden", "16", "--epochs", "1", "--out", str(results)])
+    sweep = json.loads(results.read_text())
+    assert sorted(sweep["layers"], key=int) == [str(layer) for layer in range(layers + 1)]
+    assert set(sweep["best_on_dev"]) == set(TASKS)
+    assert all(0 <= best["layer"] <= layers for best in sweep["best_on_dev"].values())
     with pytest.raises(ValueError, match="layer must be"):
         main(["probe", str(corpus), "--cache", str(cache), "--checkpoint", str(run / "checkpoint.pt"),
               "--layer", str(layers + 1), "--epochs", "1"])
@@ -77,7 +84,7 @@ def test_analyse_then_start_fixed_pattern_from_it(corpus, pretrained, tmp_path):
     run, cache = pretrained
     analysis = tmp_path / "analysis"
     main(["analyse", str(corpus), "--cache", str(cache), "--checkpoint", str(run / "checkpoint.pt"),
-          "--out", str(analysis), "--utterances", "3", "--max-len", "1200"])
+          "--out", str(analysis), "--utterances", "3", "--max-len", "1200", "--window", "40"])
     roles = json.loads((analysis / "roles.json").read_text())["roles"]
     assert len(roles) == 2 and set(roles) <= set(ROLES) and (analysis / "heads.png").stat().st_size > 0
     init = analysis / "fixed_pattern_init.pt"

@@ -11,7 +11,7 @@ import torch
 
 from fastattn.nn import AudioALBERT, AudioALBERTConfig
 from fastattn_train.probes import (ProbeConfig, SplitFeatures, encoder_features, extract, input_features,
-                                   mean_pool, run_probes, standardised)
+                                   mean_pool, run_layer_sweep, run_probes, standardised)
 from train_cases import SyntheticSpeech, collate
 
 SMALL = ProbeConfig(hidden_size=32, lr=1e-2, max_epochs=30, patience=5, utterance_batch_size=8, frame_batch_size=256,
@@ -104,6 +104,22 @@ def test_any_layer_and_a_weighted_sum_of_all_of_them():
         assert len(weights) == layers + 1 and abs(sum(weights) - 1) < 1e-5
     assert "layer_weights" not in run_probes(input_features, *splits(), collate, dataclasses.replace(SMALL, max_epochs=1),
                                              tasks=("speaker_utterance",))
+
+
+def test_layer_sweep_probes_each_layer_alone_and_picks_the_best_on_dev():
+    """Each layer's results are those of probing that layer alone (same seeds, same
+    standardisation), and the best on dev is the layer with the highest dev accuracy."""
+    encoder = tiny_encoder().eval()
+    config, tasks = dataclasses.replace(SMALL, max_epochs=4), ("speaker_utterance", "phone_1hidden")
+    sweep = run_layer_sweep(encoder, *splits(), collate, config, tasks=tasks)
+    layers = encoder.config.num_layers
+    assert sorted(sweep["layers"]) == list(range(layers + 1))
+    alone = run_probes(encoder_features(encoder, 1), *splits(), collate, config, tasks=tasks)
+    assert sweep["layers"][1]["test"] == pytest.approx(alone["test"])
+    for task in tasks:
+        best = sweep["best_on_dev"][task]
+        assert best["dev"] == max(result["dev"][task] for result in sweep["layers"].values())
+        assert best["test"] == sweep["layers"][best["layer"]]["test"][task]
 
 
 @pytest.mark.parametrize("layer", [-1, 99, "first", True])

@@ -103,8 +103,9 @@ def _probe_parser(commands) -> None:
     source.add_argument("--log-mel", action="store_true", help="probe the input features themselves")
     parser.add_argument("--layer", type=_probe_layer, default="last",
                         help="the checkpoint's features to probe: 'last' (default), a layer's number (0 is the "
-                             "embedding) or 'weighted' (a softmax-weighted sum of all layers learned with each probe, "
-                             "s3prl's featurizer; the results then give each layer's weight)")
+                             "embedding), 'weighted' (a softmax-weighted sum of all layers learned with each probe, "
+                             "s3prl's featurizer; the results then give each layer's weight) or 'all' (each layer "
+                             "alone, and the one best on dev for each probe)")
     parser.add_argument("--window", type=int, default=None,
                         help="frames per piece when extracting a checkpoint's features (default: the length it was "
                              "pre-trained on, so that it never sees a position it was not trained at; 0: whole "
@@ -116,29 +117,31 @@ def _probe_parser(commands) -> None:
 
 
 def _probe_layer(text: str) -> int | str:
-    if text in ("last", "weighted"):
+    if text in ("last", "weighted", "all"):
         return text
     try:
         return int(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected 'last', 'weighted' or a layer number, got {text!r}") from None
+        raise argparse.ArgumentTypeError(f"expected 'last', 'weighted', 'all' or a layer number, got {text!r}") from None
 
 
 def _run_probe(args) -> None:
     from fastattn_train.dataset import collate
     from fastattn_train.pretrain import load_encoder, trained_length
-    from fastattn_train.probes import ProbeConfig, encoder_features, input_features, probe_device, run_probes
+    from fastattn_train.probes import (ProbeConfig, encoder_features, input_features, probe_device, run_layer_sweep,
+                                       run_probes)
 
     config = ProbeConfig(hidden_size=args.hidden, max_epochs=args.epochs)
     if args.log_mel and (args.layer != "last" or args.window is not None):
         raise SystemExit("fastattn probe: --layer and --window apply to a checkpoint's features, not to --log-mel")
+    splits = [_dataset(args, split) for split in ("train", "dev", "test")]
     if args.log_mel:
-        extractor = input_features
+        results = run_probes(input_features, *splits, collate, config)
     else:
         window = trained_length(args.checkpoint) if args.window is None else (args.window or None)
-        extractor = encoder_features(load_encoder(args.checkpoint, probe_device(config)), args.layer, window)
-    splits = [_dataset(args, split) for split in ("train", "dev", "test")]
-    results = run_probes(extractor, *splits, collate, config)
+        encoder = load_encoder(args.checkpoint, probe_device(config))
+        results = (run_layer_sweep(encoder, *splits, collate, config, window=window) if args.layer == "all" else
+                   run_probes(encoder_features(encoder, args.layer, window), *splits, collate, config))
     text = json.dumps(results, indent=1)
     print(text)
     if args.out is not None:
@@ -161,16 +164,21 @@ def _analyse_parser(commands) -> None:
     parser.add_argument("--layer", type=int, default=None, help="layer whose roles are exported (default: last)")
     parser.add_argument("--max-len", type=int, default=1500,
                         help="size of the exported logits: the max_len of the model it will start (default 1500)")
+    parser.add_argument("--window", type=int, default=None,
+                        help="cut each utterance to its first WINDOW frames (default: the length the checkpoint was "
+                             "pre-trained on, so that no map shows a position it was not trained at; 0: whole "
+                             "utterances)")
     parser.set_defaults(run=_run_analyse)
 
 
 def _run_analyse(args) -> None:
     from fastattn_train.analysis import analyse
     from fastattn_train.dataset import collate
-    from fastattn_train.pretrain import load_encoder
+    from fastattn_train.pretrain import load_encoder, trained_length
 
+    window = trained_length(args.checkpoint) if args.window is None else (args.window or None)
     summary = analyse(load_encoder(args.checkpoint), _dataset(args, args.split), collate, args.out,
-                      utterances=args.utterances, layer=args.layer, max_len=args.max_len)
+                      utterances=args.utterances, layer=args.layer, max_len=args.max_len, window=window)
     print(json.dumps({"layer": summary["layer"], "roles": summary["roles"]}))
 
 

@@ -260,6 +260,44 @@ def run_probes(extractor, train, dev, test, collate, config: ProbeConfig = Probe
     {task: the learned weight of each layer}; a phone task is None where a split has no
     phone labels.
     """
+    splits = _extracted_splits(extractor, train, dev, test, collate, config, tasks)
+    return {**_probe_tasks(splits, train, config, tasks),
+            "extraction_seconds": {name: split.seconds for name, split in splits.items()}}
+
+
+def run_layer_sweep(encoder: nn.Module, train, dev, test, collate, config: ProbeConfig = ProbeConfig(),
+                    tasks: tuple[str, ...] = TASKS, window: int | None = None) -> dict:
+    """Probes each layer of `encoder` alone (0, the embedding, to num_layers), from one
+    extraction of all of them (encoder_features(encoder, "weighted", window)), and picks the
+    layer best on dev for each task.
+
+    Returns {"layers": {layer: run_probes' "test", "dev" and "epochs" of that layer},
+    "best_on_dev": {task: {"layer", "dev", "test"}} (None for a phone task without
+    labels), "extraction_seconds": {split: seconds}}."""
+    splits = _extracted_splits(encoder_features(encoder, "weighted", window), train, dev, test, collate, config,
+                               tasks)
+    layers = {layer: _probe_tasks({name: _one_layer(split, layer) for name, split in splits.items()}, train,
+                                  config, tasks)
+              for layer in range(encoder.config.num_layers + 1)}
+    best = {}
+    for task in tasks:
+        scored = [layer for layer, result in layers.items() if result["dev"][task] is not None]
+        chosen = max(scored, key=lambda layer: layers[layer]["dev"][task], default=None)
+        best[task] = None if chosen is None else {"layer": chosen, "dev": layers[chosen]["dev"][task],
+                                                  "test": layers[chosen]["test"][task]}
+    return {"layers": layers, "best_on_dev": best,
+            "extraction_seconds": {name: split.seconds for name, split in splits.items()}}
+
+
+def _one_layer(split: SplitFeatures, layer: int) -> SplitFeatures:
+    """A split of features with layers, (.., layers, D), reduced to one layer's."""
+    return dataclasses.replace(split, frames=[f[:, layer] for f in split.frames], pooled=split.pooled[:, layer])
+
+
+def _extracted_splits(extractor, train, dev, test, collate, config: ProbeConfig,
+                      tasks: tuple[str, ...]) -> dict[str, SplitFeatures]:
+    """The three splits extracted with `extractor` and standardised, after checking the tasks
+    and that the splits share their label lists."""
     unknown = sorted(set(tasks) - set(TASKS))
     if unknown:
         raise ValueError(f"unknown task(s) {', '.join(unknown)}; tasks are {', '.join(TASKS)}")
@@ -269,11 +307,15 @@ def run_probes(extractor, train, dev, test, collate, config: ProbeConfig = Probe
                 raise ValueError(f"{name}.{labels} differs from train.{labels}: the splits' labels must index "
                                  f"one shared list")
     device = probe_device(config)
-    splits = standardised({name: extract(extractor, dataset, collate, batch_size=config.extract_batch_size,
-                                         device=device)
-                           for name, dataset in (("train", train), ("dev", dev), ("test", test))})
-    results = {"test": {}, "dev": {}, "epochs": {},
-               "extraction_seconds": {name: split.seconds for name, split in splits.items()}}
+    return standardised({name: extract(extractor, dataset, collate, batch_size=config.extract_batch_size,
+                                       device=device)
+                         for name, dataset in (("train", train), ("dev", dev), ("test", test))})
+
+
+def _probe_tasks(splits: dict[str, SplitFeatures], train, config: ProbeConfig, tasks: tuple[str, ...]) -> dict:
+    """Trains each task's probe on extracted splits: run_probes' results but the seconds."""
+    device = probe_device(config)
+    results = {"test": {}, "dev": {}, "epochs": {}}
     for task in tasks:
         speaker_task = task.startswith("speaker")
         if not speaker_task and any(split.phones is None for split in splits.values()):

@@ -176,8 +176,9 @@ def run_report(settings: ReportSettings) -> dict:
         progress.stage(f"{kind}: timing a training step and inference at T = {settings.timing_length}")
         timing[kind] = time_kind(out, kind, runs[kind][0]["model"], settings, base.batch_size)
         progress.stage(f"{kind}: head roles and attention maps")
+        first_checkpoint = runs[kind][0]["dir"] / "checkpoint.pt"
         roles[kind], maps[f"attention maps, {kind}"] = head_roles_and_maps(
-            out, kind, load_encoder(runs[kind][0]["dir"] / "checkpoint.pt", device), splits[2])
+            out, kind, load_encoder(first_checkpoint, device), splits[2], trained_length(first_checkpoint))
 
     progress.stage("tables and plots")
     accuracy = accuracy_table(per_seed)
@@ -341,12 +342,14 @@ def time_kind(out: Path, kind: str, model_config, settings: ReportSettings, batc
     return measured
 
 
-def head_roles_and_maps(out: Path, kind: str, encoder: AudioALBERT, test) -> tuple[dict[str, list[str]], str]:
+def head_roles_and_maps(out: Path, kind: str, encoder: AudioALBERT, test,
+                        window: int | None) -> tuple[dict[str, list[str]], str]:
     """The section 4.3 analysis of one model: every head's role in every layer (majority over
-    the first MAP_UTTERANCES test utterances, fastattn_train.analysis.classify_heads), and
-    OUT/attention_maps/<kind>.png with every head's map of the first test utterance, titled
-    by role. Returns ({layer: roles}, the picture's path relative to OUT)."""
-    maps = collect_maps(encoder, test, collate, utterances=MAP_UTTERANCES)
+    the first MAP_UTTERANCES test utterances, each cut to the `window` frames the model was
+    trained on, fastattn_train.analysis.classify_heads), and OUT/attention_maps/<kind>.png
+    with every head's map of the first test utterance, titled by role. Returns ({layer:
+    roles}, the picture's path relative to OUT)."""
+    maps = collect_maps(encoder, test, collate, utterances=MAP_UTTERANCES, window=window)
     layers, heads = encoder.config.num_layers, encoder.config.num_heads
     roles = {str(layer): classify_heads(maps[(layer, head)] for head in range(heads)) for layer in range(layers)}
     path = Path("attention_maps") / f"{kind}.png"
