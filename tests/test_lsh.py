@@ -172,14 +172,16 @@ def test_topk_matches_reference(device, mode, words, n_bits, length, L, distinct
 
 
 @pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("length, L", [(97, 64), (300, 64), (300, 250)])
+@pytest.mark.parametrize("queries, length, L", [(97, 97, 64), (300, 300, 64), (300, 300, 250), (300, 97, 64),
+                                                (40, 300, 64)])
 @pytest.mark.parametrize("n_bits", [32, 20, 64])
 @pytest.mark.parametrize("distinct", [None, 3])
-def test_topk_matches_reference_on_long_rows(device, length, L, n_bits, distinct):
+def test_topk_matches_reference_on_long_rows(device, queries, length, L, n_bits, distinct):
     """Rows long enough for the CPU's vector loops (16 and 32 keys a step, away from
-    either end of the row) and for the keys beyond the shorter side of the query."""
+    either end of the row) and for the keys beyond the shorter side of the query; more
+    queries than keys (a query past the last key) and fewer."""
     _, _, mask = queries_and_keys(2, 2, length, 8, "random", seed=length, device=device)
-    q_codes = random_codes(2, 2, length, 1, seed=n_bits, device=device, n_distinct=distinct)
+    q_codes = random_codes(2, 2, queries, 1, seed=n_bits, device=device, n_distinct=distinct)
     k_codes = random_codes(2, 2, length, 1, seed=n_bits + 1, device=device, n_distinct=distinct)
     for padding in (None, mask):
         got = ops.topk_keys(q_codes, k_codes, L, key_padding_mask=padding, n_bits=n_bits)
@@ -194,6 +196,14 @@ def test_topk_with_L_larger_than_T_fills_minus_one(device):
     assert got[..., :5].ge(0).all() and got[..., 5:].eq(-1).all()
     assert torch.equal(got[..., :5].sort(-1).values.cpu(), torch.arange(5).expand(1, 1, 5, 5).int())
     assert got[0, 0, :, 0].tolist() == list(range(5))  # each query's own code is its best match
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("n_bits", [32, 64])
+def test_topk_without_keys_fills_minus_one(device, n_bits):
+    queries, no_keys = random_codes(1, 2, 3, 1, seed=8, device=device), random_codes(1, 2, 0, 1, seed=9, device=device)
+    got = ops.topk_keys(queries, no_keys, 4, n_bits=n_bits)
+    assert got.shape == (1, 2, 3, 4) and got.eq(-1).all()
 
 
 def test_topk_ties_go_to_the_nearest_then_the_smaller_index():

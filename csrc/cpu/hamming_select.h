@@ -6,8 +6,10 @@
 // scores from L1 and is vectorised (by GCC, or by intrinsics where GCC left it scalar),
 // about a cycle per key or less; the last visits only the keys at or above the threshold.
 //
-// Everything here is always_inline: the callers run inside cpu::parallel_blocks, which
-// compiles one copy of a block per instruction set (instruction_sets.h).
+// The callers run inside cpu::parallel_blocks, which compiles one copy of a block per
+// instruction set (instruction_sets.h): everything here is always_inline but the loops
+// written for one instruction set (their own target attribute, picked at run time) and
+// the scalar placement (noinline, the same in every copy).
 
 #include <algorithm>
 #include <cstdint>
@@ -328,6 +330,13 @@ struct Threshold {
 // order they are placed in.
 [[gnu::always_inline]] inline void select_row(const Score* scores, int64_t keys, int64_t i, int64_t L, int32_t* out,
                                               Scratch& scratch) {
+  if (keys == 0) {
+    std::fill(out, out + L, -1);
+    return;
+  }
+  // A query past the last key (more queries than keys) ranks the keys as the last key
+  // does: keys - 1, keys - 2, ...
+  i = std::min(i, keys - 1);
   Score* ordered = scratch.ordered.data();
   order_by_distance(scores, keys, i, ordered);
   Score best = -1;
