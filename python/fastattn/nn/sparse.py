@@ -48,8 +48,8 @@ def _drop_self(indices, *, packed: bool, in_place: bool) -> torch.Tensor:
     listed key. In `packed` lists (listed keys first) a row lists another key exactly when
     its slot 1 is listed: one look per row instead of a pass over every slot, which the
     (B, H, T, L) lists of the LSH kinds made as costly as the attention. `in_place` saves
-    a copy of the lists: at T = 500 a fresh (B, H, T, L) tensor cost more in page faults
-    than the whole step."""
+    a copy of the lists: at T = 500 a fresh (B, H, T, L) tensor cost 4 ms of page faults,
+    a tenth of an LSH layer."""
     if indices.shape[-1] < 2:  # one slot: no other key to prefer
         return indices
     # In the indices' dtype: an int32 == int64 comparison takes a slow casting path.
