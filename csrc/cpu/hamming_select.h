@@ -267,9 +267,10 @@ struct Threshold {
 }
 
 // scores rearranged into query i's tie-break order i, i-1, i+1, i-2, i+2, ...: ordered[d]
-// is the score of key_in_distance_order(i, d) for d < keys. Pairs of steps sixteen keys at
-// a time, one side reversed and the two interleaved by vector shuffles; then the rest of
-// the longer side.
+// is the score of the d-th key of the row in that order, d < keys (unlike
+// lsh::key_in_distance_order, no holes past the shorter side: that side's steps are
+// skipped). Pairs of steps sixteen keys at a time, one side reversed and the two
+// interleaved by vector shuffles; then the rest of the longer side.
 [[gnu::always_inline]] inline void order_by_distance(const Score* scores, int64_t keys, int64_t i, Score* ordered) {
   typedef Score Lanes __attribute__((vector_size(32)));
   typedef int16_t Order __attribute__((vector_size(32)));
@@ -312,7 +313,8 @@ struct Threshold {
   const int64_t both = std::min(i, keys - 1 - i), tail_step = i > both ? -1 : 1;
   for (int64_t c = 0, placed = 0; placed < taken; ++c) {
     const int64_t d = candidates[c], step = (d + 1) >> 1;
-    // key_in_distance_order(i, d), where d <= 2 * both alternates sides, and then walks on.
+    // The d-th key in tie-break order (order_by_distance): up to 2 * both the two sides
+    // alternate, then the longer side walks on.
     const int64_t j = d <= 2 * both ? i + step - 2 * step * (d & 1) : i + tail_step * (d - both);
     const int score = ordered[d];
     const int64_t at_threshold = score == threshold;
