@@ -39,11 +39,11 @@ struct Scratch {
   std::vector<Score> scores;
   std::vector<Score> ordered;  // the scores in the row's tie-break order
   std::vector<int32_t> candidates;
-  std::vector<int64_t> next;         // keys per score, then the next free slot per score
-  std::vector<int32_t> placed_keys;  // a row's L keys, best first, and a spare slot
+  std::vector<int64_t> next;    // keys per score, then the next free slot per score
+  std::vector<int32_t> placed;  // the candidates' positions, best score first
 
-  Scratch(int64_t keys, int n_bits, int64_t L)
-      : scores(keys), ordered(keys), candidates(keys + kCandidateSlack), next(n_bits + 1), placed_keys(L + 1) {}
+  Scratch(int64_t keys, int n_bits)
+      : scores(keys), ordered(keys), candidates(keys + kCandidateSlack), next(n_bits + 1), placed(keys) {}
 };
 
 // scores[j] -1 where key j is padded, as an OR with 0 or -1: GCC left a select scalar.
@@ -240,17 +240,12 @@ FASTATTN_AVX512_POPCOUNT inline void count_top_bins_avx512(const Score* scores, 
   count_top_bins_lanes(scores, keys, top, counts);
 }
 
-// The lowest score still (partly) taken among the L best and how many keys score above
-// it; next[s] gets the number of keys of each score from the best down to the threshold.
-// Counts kBinsPerPass score values per pass, downwards from the best score: the L-th best
-// is usually within a few values of the best, so one or two passes find it.
-struct Threshold {
-  int score;
-  int64_t above;
-};
-
-[[gnu::always_inline]] inline Threshold find_threshold(const Score* scores, int64_t keys, int64_t L, int best,
-                                                       int64_t* next) {
+// The lowest score still (partly) taken among the L best; next[s] gets the number of keys
+// of each score from the best down to it. Counts kBinsPerPass score values per pass,
+// downwards from the best score: the L-th best is usually within a few values of the
+// best, so one or two passes find it.
+[[gnu::always_inline]] inline int find_threshold(const Score* scores, int64_t keys, int64_t L, int best,
+                                                 int64_t* next) {
   int64_t above = 0;
   for (int top = best; top >= 0; top -= kBinsPerPass) {
     int32_t bins[kBinsPerPass];
@@ -259,11 +254,11 @@ struct Threshold {
       const int score = top - b;
       next[score] = bins[b];
       // Score 0 is the floor: keys scoring 0 fill whatever room is left.
-      if (above + bins[b] >= L || score == 0) return {score, above};
+      if (above + bins[b] >= L || score == 0) return score;
       above += bins[b];
     }
   }
-  return {0, above};
+  return 0;
 }
 
 // scores rearranged into query i's tie-break order i, i-1, i+1, i-2, i+2, ...: ordered[d]
@@ -301,28 +296,31 @@ struct Threshold {
 }
 
 // Places the candidates (the positions d in tie-break order whose key scores at least the
-// threshold, increasing) in that order: each key lands in its score's next free slot
-// next[score] of placed_keys (a counting sort, which keeps the order), and a key at the
-// threshold once `room` is used up in the spare slot placed_keys[L]. Stops when `taken`
-// keys are placed. Whether a key fits is a coin flip, so masks, not branches. noinline:
-// scalar code, the same in every copy, given its own registers (inlined into the vector
-// loops, GCC spilled them).
-[[gnu::noinline]] inline void place_in_order(const Score* ordered, const int32_t* candidates, int64_t keys, int64_t i,
-                                             int threshold, int64_t room, int64_t taken, int64_t L, int64_t* next,
-                                             int32_t* placed_keys) {
-  const int64_t both = std::min(i, keys - 1 - i), tail_step = i > both ? -1 : 1;
-  for (int64_t c = 0, placed = 0; placed < taken; ++c) {
-    const int64_t d = candidates[c], step = (d + 1) >> 1;
-    // The d-th key in tie-break order (order_by_distance): up to 2 * both the two sides
-    // alternate, then the longer side walks on.
-    const int64_t j = d <= 2 * both ? i + step - 2 * step * (d & 1) : i + tail_step * (d - both);
-    const int score = ordered[d];
-    const int64_t at_threshold = score == threshold;
-    const int64_t fits = 1 - (at_threshold & (room <= 0));
-    placed_keys[L + ((next[score] - L) & -fits)] = static_cast<int32_t>(j);
-    next[score] += fits;
-    room -= at_threshold & fits;
-    placed += fits;
+// threshold, increasing) best score first by a counting sort, which keeps their order
+// within a score: each lands in its score's next free slot next[score] of placed. The keys
+// at the threshold come last, so all of them are placed and the caller keeps the first L
+// entries: no test of the room left per key. Stores positions, not keys: the one
+// dependency between iterations is next[score], and the keys follow in a vector pass.
+// noinline: scalar code, the same in every copy, given its own registers.
+[[gnu::noinline]] inline void place_by_score(const Score* ordered, const int32_t* candidates, int64_t count,
+                                             int64_t* next, int32_t* placed) {
+  for (int64_t c = 0; c < count; ++c) {
+    const int32_t d = candidates[c];
+    placed[next[ordered[d]]++] = d;
+  }
+}
+
+// out[n] = the key at position positions[n] of query i's tie-break order
+// (order_by_distance): up to 2 * both the two sides alternate, then the longer side walks
+// on. Branch-free, so it vectorises.
+[[gnu::always_inline]] inline void keys_at_positions(const int32_t* positions, int64_t count, int64_t keys, int64_t i,
+                                                     int32_t* out) {
+  const int32_t both = static_cast<int32_t>(std::min(i, keys - 1 - i)), query = static_cast<int32_t>(i);
+  const int32_t tail_step = i > both ? -1 : 1;
+  for (int64_t n = 0; n < count; ++n) {
+    const int32_t d = positions[n], step = (d + 1) >> 1;
+    const int32_t alternating = query + step - 2 * step * (d & 1), walking = query + tail_step * (d - both);
+    out[n] = d <= 2 * both ? alternating : walking;
   }
 }
 
@@ -346,17 +344,19 @@ struct Threshold {
   int64_t taken = 0;
   if (best >= 0) {
     int64_t* next = scratch.next.data();
-    const auto [threshold, above] = find_threshold(ordered, keys, L, best, next);
+    const int threshold = find_threshold(ordered, keys, L, best, next);
+    int64_t count = 0;
     for (int score = best; score >= threshold; --score) {  // next[s]: where the next key of score s goes
-      const int64_t count = score > threshold ? next[score] : std::min<int64_t>(next[score], L - above);
-      next[score] = taken;
-      taken += count;
+      const int64_t of_score = next[score];
+      next[score] = count;
+      count += of_score;
     }
     int32_t* candidates = scratch.candidates.data();
     collect_at_least(ordered, keys, threshold, candidates);
-    int32_t* placed_keys = scratch.placed_keys.data();
-    place_in_order(ordered, candidates, keys, i, threshold, taken - above, taken, L, next, placed_keys);
-    std::copy(placed_keys, placed_keys + taken, out);
+    int32_t* placed = scratch.placed.data();
+    place_by_score(ordered, candidates, count, next, placed);
+    taken = std::min(count, L);
+    keys_at_positions(placed, taken, keys, i, out);
   }
   std::fill(out + taken, out + L, -1);
 }

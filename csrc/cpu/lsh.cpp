@@ -142,7 +142,7 @@ void hamming_topk(int64_t rows, int64_t Tq, int64_t Tk, int n_bits, int64_t L, i
                   const ScoreRow& score_row) {
   cpu::parallel_blocks<cpu::Widest::kAvx512Popcount>(rows, kRowsPerTask, [&](int64_t begin, int64_t end)
                                                                             FASTATTN_INLINE_BLOCK {
-    cpu::hamming::Scratch scratch(Tk, n_bits, L);
+    cpu::hamming::Scratch scratch(Tk, n_bits);
     for (int64_t row = begin; row < end; ++row) {
       score_row(row, scratch.scores.data());
       cpu::hamming::select_row(scratch.scores.data(), Tk, row % Tq, L, out + row * L, scratch);
