@@ -22,6 +22,8 @@ namespace fastattn {
 namespace {
 
 constexpr int64_t kRowsPerTask = 64;
+// alsh_hash projects a row on this many projections at once, in registers.
+constexpr int kBitsPerChunk = 32;
 
 at::ScalarType accumulate_type(const at::Tensor& x) { return x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat; }
 
@@ -113,21 +115,39 @@ at::Tensor alsh_hash_cpu(const at::Tensor& x_in, c10::string_view scheme, c10::s
   lsh_host::check_projections(projections, x.size(3) + mips::extra_dims(setup.scheme, setup.m), x);
   const int64_t n_bits = projections.size(0), words = (n_bits + 63) / 64;
   const at::Tensor transformed = transform_rows(x, setup, mask);
-  // Padded rows are all zero, so every projection is 0 and every bit 0, as the SPEC asks.
-  const at::Tensor values = at::matmul(transformed, projections.to(transformed.scalar_type()).t()).contiguous();
-  const int64_t rows = values.numel() / std::max<int64_t>(n_bits, 1);
+  const int64_t dims = transformed.size(3), rows = transformed.numel() / std::max<int64_t>(dims, 1);
+  // (dims, whole chunks of bits), zero past n_bits: a chunk's projections of a row are sums
+  // of rows of it scaled by the row's values, held in registers. A matmul of (rows, dims)
+  // by (dims, n_bits) took 1.9 ms at B = 8, H = 12, T = 500, dims = 17, n_bits = 32, three
+  // times this loop: its kernels are made for long inner dimensions.
+  const int64_t chunks = (n_bits + kBitsPerChunk - 1) / kBitsPerChunk;
+  const at::Tensor by_dim =
+      at::constant_pad_nd(projections.to(transformed.scalar_type()).t(), {0, chunks * kBitsPerChunk - n_bits}).contiguous();
   at::Tensor codes = new_output({x.size(0), x.size(1), x.size(2), words}, x.options().dtype(at::kLong));
-  AT_DISPATCH_FLOATING_TYPES(values.scalar_type(), "alsh_hash_cpu", [&] {
-    const scalar_t* v = values.data_ptr<scalar_t>();
+  AT_DISPATCH_FLOATING_TYPES(transformed.scalar_type(), "alsh_hash_cpu", [&] {
+    const scalar_t* xs = transformed.data_ptr<scalar_t>();
+    const scalar_t* p = by_dim.data_ptr<scalar_t>();
     int64_t* out = codes.data_ptr<int64_t>();
-    at::parallel_for(0, rows, kRowsPerTask, [&](int64_t begin, int64_t end) {
+    cpu::parallel_blocks(rows, kRowsPerTask, [&](int64_t begin, int64_t end) FASTATTN_INLINE_BLOCK {
       for (int64_t row = begin; row < end; ++row) {
-        for (int64_t w = 0; w < words; ++w) {
-          uint64_t word = 0;
-          for (int64_t bit = 64 * w; bit < std::min<int64_t>(n_bits, 64 * w + 64); ++bit) {
-            word |= uint64_t(v[row * n_bits + bit] > 0) << (bit - 64 * w);
+        uint64_t* code = reinterpret_cast<uint64_t*>(out + row * words);
+        std::fill(code, code + words, 0);
+        for (int64_t chunk = 0; chunk < chunks; ++chunk) {
+          // Starts from the first dimension (every scheme appends at least one, so there is
+          // one): zeroing the array first became a rep stos, an eighth of the loop.
+          const scalar_t* p_chunk = p + chunk * kBitsPerChunk;
+          scalar_t values[kBitsPerChunk];
+          for (int b = 0; b < kBitsPerChunk; ++b) values[b] = xs[row * dims] * p_chunk[b];
+          for (int64_t d = 1; d < dims; ++d) {
+            const scalar_t x_d = xs[row * dims + d];
+            const scalar_t* p_d = p_chunk + d * chunks * kBitsPerChunk;
+            for (int b = 0; b < kBitsPerChunk; ++b) values[b] += x_d * p_d[b];
           }
-          out[row * words + w] = static_cast<int64_t>(word);
+          // Padded rows are all zero, so every projection is 0 and every bit 0, as the SPEC
+          // asks; so are the columns past n_bits.
+          uint32_t bits = 0;
+          for (int b = 0; b < kBitsPerChunk; ++b) bits |= uint32_t(values[b] > 0) << b;
+          code[chunk * kBitsPerChunk / 64] |= uint64_t(bits) << (chunk * kBitsPerChunk % 64);
         }
       }
     });
