@@ -312,7 +312,7 @@ FASTATTN_AVX512_POPCOUNT inline void count_top_bins_avx512(const Score* scores, 
 
 // out[n] = the key at position positions[n] of query i's tie-break order
 // (order_by_distance): up to 2 * both the two sides alternate, then the longer side walks
-// on. Branch-free, so it vectorises.
+// on. Written with selects, not branches, so that GCC may vectorise it.
 [[gnu::always_inline]] inline void keys_at_positions(const int32_t* positions, int64_t count, int64_t keys, int64_t i,
                                                      int32_t* out) {
   const int32_t both = static_cast<int32_t>(std::min(i, keys - 1 - i)), query = static_cast<int32_t>(i);
