@@ -23,6 +23,9 @@ TORCH_LIBRARY(fastattn, m) {
   m.def(
       "topk_keys(Tensor q_codes, Tensor k_codes, int L, Tensor? key_padding_mask, str mode, Tensor? q, Tensor? k, "
       "int? n_bits) -> Tensor");
+  // Shared-QK self exclusion, in place: empties each row's slots that name the row's own
+  // query, unless the row lists no other key.
+  m.def("drop_own_key_(Tensor(a!) indices) -> ()");
 
   // Masked sparse attention (SPEC section 4): each query attends to its list of keys.
   // lse is the per-row log-sum-exp the backward normalises recomputed scores with.

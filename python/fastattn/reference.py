@@ -10,7 +10,10 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["fixed_attention", "sparse_attention", "mips_transform", "alsh_hash", "topk_keys", "favor_attention"]
+__all__ = [
+    "fixed_attention", "sparse_attention", "mips_transform", "alsh_hash", "topk_keys", "drop_own_key",
+    "favor_attention",
+]
 
 
 def fixed_attention(
@@ -171,6 +174,14 @@ def topk_keys(q_codes, k_codes, L, *, key_padding_mask=None, mode="hamming", q=N
         order = order.gather(-1, torch.argsort(group.gather(-1, order), dim=-1, stable=True))
         chosen = torch.where(valid.gather(-1, order), order, -1)[..., :L]
     return torch.nn.functional.pad(chosen, (0, L - chosen.shape[-1]), value=-1).int()
+
+
+def drop_own_key(indices):
+    """fastattn.ops.drop_own_key_, out of place: row i of the (B, H, T, L) lists without
+    the slots naming key i, where another slot names a key (a value >= 0)."""
+    own = indices == torch.arange(indices.shape[2], device=indices.device)[:, None]
+    lists_another = ((indices >= 0) & ~own).any(-1, keepdim=True)
+    return indices.masked_fill(own & lists_another, -1)
 
 
 def favor_attention(q, k, v, features, key_padding_mask=None):

@@ -18,15 +18,14 @@ def attend_slots(q, k, v, indices, *, key_padding_mask, shared_qk: bool, need_we
                  owned: bool = False):
     """sparse_attention over the keys `indices` (B or 1, H or 1, T, L) lists, after emptying
     the slots that name padded keys (sparse_attention has no mask) and, under shared-QK,
-    the query's own slot unless it is the row's only valid one. Each row lists a key at
-    most once, its listed keys first (as fastattn.masks and topk_keys make them). `owned`:
-    the caller's own fresh indices, which may be changed in place. Returns (out, dense
-    (B, H, T, T) weights when `need_weights`, else None)."""
+    the query's own slot unless it is the row's only valid one. `owned`: the caller's own
+    fresh indices, which may be changed in place. Returns (out, dense (B, H, T, T) weights
+    when `need_weights`, else None)."""
     if key_padding_mask is not None:
         indices = _drop_padded_keys(indices, key_padding_mask)  # (B, H or 1, T, L)
         owned = True
     if shared_qk:
-        indices = _drop_self(indices, packed=key_padding_mask is None, in_place=owned)
+        indices = _drop_self(indices, in_place=owned)
     out = ops.sparse_attention(q, k, v, indices)
     return out, (slot_weights(q, k, indices) if need_weights else None)
 
@@ -43,26 +42,14 @@ def _drop_padded_keys(indices, key_padding_mask) -> torch.Tensor:
     return key_map.gather(1, positions.expand(batch, -1)).view(batch, *indices.shape[1:])
 
 
-def _drop_self(indices, *, packed: bool, in_place: bool) -> torch.Tensor:
+def _drop_self(indices, *, in_place: bool) -> torch.Tensor:
     """indices without the slot that names the query itself, unless it is the row's only
-    listed key. In `packed` lists (listed keys first) a row lists another key exactly when
-    its slot 1 is listed: one look per row instead of a pass over every slot, which the
-    (B, H, T, L) lists of the LSH kinds made as costly as the attention. `in_place` saves
-    a copy of the lists: at T = 500 a fresh (B, H, T, L) tensor cost 4 ms of page faults,
-    a tenth of an LSH layer."""
+    listed key, by one pass of ops.drop_own_key_ (in torch, a comparison of every slot and
+    a masked fill cost 2.6 ms of a 42 ms LSH layer at T = 500). `in_place` saves a copy of
+    the lists: at T = 500 a fresh (B, H, T, L) tensor cost 4 ms of page faults."""
     if indices.shape[-1] < 2:  # one slot: no other key to prefer
         return indices
-    # In the indices' dtype: an int32 == int64 comparison takes a slow casting path.
-    queries = torch.arange(indices.shape[2], device=indices.device, dtype=indices.dtype)[:, None]
-    if packed:
-        # The query's position where the row lists another key, else -2 (never a slot):
-        # one comparison then finds exactly the slots to drop.
-        droppable = torch.where(indices[..., 1:2] >= 0, queries, -2)
-        drop = indices == droppable
-    else:
-        is_self = indices == queries
-        drop = is_self & ((indices >= 0) & ~is_self).any(-1, keepdim=True)
-    return indices.masked_fill_(drop, -1) if in_place else indices.masked_fill(drop, -1)
+    return ops.drop_own_key_(indices if in_place else indices.clone(memory_format=torch.contiguous_format))
 
 
 def slot_weights(q, k, indices) -> torch.Tensor:
