@@ -190,6 +190,32 @@ def test_topk_matches_reference_on_long_rows(device, queries, length, L, n_bits,
 
 
 @pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("words, n_bits", [(1, 32), (1, 64), (4, 256), (4, 200)])
+@pytest.mark.parametrize("L", [1, 40, 150])
+def test_topk_matches_reference_when_thresholds_jump(device, words, n_bits, L):
+    """Neighbouring queries whose L-th best scores lie far apart (all bits, none, random),
+    in an order that moves the threshold up and down by every distance: the CPU starts
+    each row's search at the last row's threshold."""
+    generator = torch.Generator().manual_seed(words * n_bits + L)
+    length = 200
+    k_codes = random_codes(1, 2, length, words, seed=n_bits, device="cpu")
+    common = k_codes[0, 0, 0]
+    k_codes[:, :, : length // 2] = common  # half the keys share one code
+    choice = torch.randint(0, 4, (1, 2, length), generator=generator)
+    q_codes = random_codes(1, 2, length, words, seed=n_bits + 1, device="cpu")
+    q_codes = torch.where((choice == 0)[..., None], common, q_codes)  # threshold: every bit
+    q_codes = torch.where((choice == 1)[..., None], ~common, q_codes)  # the common keys score 0
+    partial = common ^ (torch.randint(0, 2, (1, 2, length, words), generator=generator) << 5)
+    q_codes = torch.where((choice == 2)[..., None], partial, q_codes)
+    _, _, mask = queries_and_keys(1, 2, length, 8, "random", seed=L, device="cpu")
+    for padding in (None, mask):
+        got = ops.topk_keys(q_codes.to(device), k_codes.to(device), L,
+                            key_padding_mask=None if padding is None else padding.to(device), n_bits=n_bits)
+        want = reference.topk_keys(q_codes, k_codes, L, key_padding_mask=padding, n_bits=n_bits)
+        assert torch.equal(got.cpu(), want)
+
+
+@pytest.mark.parametrize("device", DEVICES)
 def test_topk_with_L_larger_than_T_fills_minus_one(device):
     codes = random_codes(1, 1, 5, 1, seed=7, device=device)
     got = ops.topk_keys(codes, codes, 8)

@@ -28,8 +28,8 @@ namespace fastattn::cpu::hamming {
 
 using Score = int16_t;  // 0 .. 256 equal bits, -1 for a padded key
 
-// How many consecutive score values one counting pass tallies.
-constexpr int kBinsPerPass = 8;
+// The candidates are placed in this many interleaved chains (see place_by_score).
+constexpr int kPlacementChains = 4;
 
 // Per-task scratch, reused across rows.
 struct Scratch {
@@ -39,11 +39,13 @@ struct Scratch {
   std::vector<Score> scores;
   std::vector<Score> ordered;  // the scores in the row's tie-break order
   std::vector<int32_t> candidates;
-  std::vector<int64_t> next;    // keys per score, then the next free slot per score
+  std::vector<int32_t> next;    // per chain, keys per score, then the next free slot per score
   std::vector<int32_t> placed;  // the candidates' positions, best score first
+  int threshold = 0;            // the last row's, where the next row's search starts
 
   Scratch(int64_t keys, int n_bits)
-      : scores(keys), ordered(keys), candidates(keys + kCandidateSlack), next(n_bits + 1), placed(keys) {}
+      : scores(keys), ordered(keys), candidates(keys + kCandidateSlack), next(kPlacementChains * (n_bits + 1)),
+        placed(keys) {}
 };
 
 // scores[j] -1 where key j is padded, as an OR with 0 or -1: GCC left a select scalar.
@@ -77,15 +79,66 @@ template <int kWords>
   return (x + (x >> 8) + (x >> 16) + (x >> 24)) & 0x3fu;  // the four byte counts, at most 32
 }
 
+// The equal bits of `query` and key_words[j] among in_code's bits (lsh::equal_bits' rule
+// on 32-bit words), from `begin` on, one key at a time.
+[[gnu::always_inline]] inline void narrow_scores_scalar(uint32_t query, const uint32_t* key_words, int64_t begin,
+                                                        int64_t keys, uint32_t in_code, int n_bits, Score* scores) {
+  for (int64_t j = begin; j < keys; ++j) {
+    scores[j] = static_cast<Score>(n_bits - static_cast<int>(popcount32((query ^ key_words[j]) & in_code)));
+  }
+}
+
+#if defined(__x86_64__) && defined(__GNUC__)
+// The set bits of each 16-bit half of eight keys' differing bits (from `query`, among
+// `mask`), as int16: per nibble by a table lookup (VPSHUFB), the byte counts summed in
+// pairs (VPMADDUBSW).
+FASTATTN_AVX2 [[gnu::always_inline]] inline __m256i half_word_popcounts(const uint32_t* eight_keys, __m256i query,
+                                                                        __m256i mask) {
+  const __m256i nibble_counts = _mm256_setr_epi8(0, 1, 1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4,  //
+                                                 0, 1, 1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4);
+  const __m256i low_nibbles = _mm256_set1_epi8(0x0f);
+  const __m256i differ =
+      _mm256_and_si256(_mm256_xor_si256(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(eight_keys)), query), mask);
+  const __m256i low = _mm256_shuffle_epi8(nibble_counts, _mm256_and_si256(differ, low_nibbles));
+  const __m256i high = _mm256_shuffle_epi8(nibble_counts, _mm256_and_si256(_mm256_srli_epi16(differ, 4), low_nibbles));
+  return _mm256_maddubs_epi16(_mm256_add_epi8(low, high), _mm256_set1_epi8(1));
+}
+
+// 16 keys per step, the two halves of each key summed by VPHADDW: about 1.4 instructions
+// per key against 2.7 for popcount32's shifts and masks.
+FASTATTN_AVX2 inline void narrow_scores_avx2(uint32_t query, const uint32_t* key_words, int64_t keys,
+                                             uint32_t in_code, int n_bits, Score* scores) {
+  const __m256i queries = _mm256_set1_epi32(static_cast<int32_t>(query));
+  const __m256i mask = _mm256_set1_epi32(static_cast<int32_t>(in_code));
+  const __m256i bits = _mm256_set1_epi16(static_cast<int16_t>(n_bits));
+  int64_t j = 0;
+  for (; j + 16 <= keys; j += 16) {
+    // hadd interleaves its two inputs by 128-bit lane: keys 0-3, 8-11, 4-7, 12-15.
+    const __m256i counts = _mm256_permute4x64_epi64(
+        _mm256_hadd_epi16(half_word_popcounts(key_words + j, queries, mask),
+                          half_word_popcounts(key_words + j + 8, queries, mask)),
+        0xd8);
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(scores + j), _mm256_sub_epi16(bits, counts));
+  }
+  narrow_scores_scalar(query, key_words, j, keys, in_code, n_bits, scores);
+}
+#endif
+
 // wide_scores for codes of at most 32 bits (the modules' default), from the low words of
-// the key codes, lsh::equal_bits' rule on 32-bit words.
+// the key codes.
 [[gnu::always_inline]] inline void narrow_scores(int64_t query_code, const uint32_t* key_words, const bool* padding,
                                                  int64_t keys, int n_bits, Score* scores) {
   const uint32_t in_code = static_cast<uint32_t>(lsh::word_mask(0, n_bits));
   const uint32_t query = static_cast<uint32_t>(query_code);
-  for (int64_t j = 0; j < keys; ++j) {
-    scores[j] = static_cast<Score>(n_bits - static_cast<int>(popcount32((query ^ key_words[j]) & in_code)));
+#if defined(__x86_64__) && defined(__GNUC__)
+  if (cpu_has_avx2()) {
+    narrow_scores_avx2(query, key_words, keys, in_code, n_bits, scores);
+  } else {
+    narrow_scores_scalar(query, key_words, 0, keys, in_code, n_bits, scores);
   }
+#else
+  narrow_scores_scalar(query, key_words, 0, keys, in_code, n_bits, scores);
+#endif
   if (padding) mark_padded(padding, keys, scores);
 }
 
@@ -170,95 +223,103 @@ FASTATTN_AVX2 inline int64_t collect_at_least_avx2(const Score* scores, int64_t 
   return collect_at_least_scalar(scores, 0, keys, threshold, candidates);
 }
 
-#if defined(__x86_64__) && defined(__GNUC__)
-// counts[b] += the keys scoring top - b, 32 keys per step: a comparison into a mask and a
-// masked addition per bin on int16 lanes. The int16 tallies go into counts before they
-// could overflow.
-FASTATTN_AVX512_POPCOUNT inline void count_top_bins_avx512(const Score* scores, int64_t keys, int top,
-                                                           int32_t* counts) {
-  constexpr int64_t kStepsPerFlush = 32767;  // the most an int16 lane can count
-  const __m512i top_lanes = _mm512_set1_epi16(static_cast<int16_t>(top)), ones = _mm512_set1_epi16(1);
-  int64_t j = 0;
-  while (j + 32 <= keys) {
-    __m512i tally[kBinsPerPass];
-    for (int b = 0; b < kBinsPerPass; ++b) tally[b] = _mm512_setzero_si512();
-    for (int64_t step = 0; step < kStepsPerFlush && j + 32 <= keys; ++step, j += 32) {
-      const __m512i below_top = _mm512_sub_epi16(top_lanes, _mm512_loadu_si512(scores + j));
-      for (int b = 0; b < kBinsPerPass; ++b) {
-        const __mmask32 hits = _mm512_cmpeq_epi16_mask(below_top, _mm512_set1_epi16(static_cast<int16_t>(b)));
-        tally[b] = _mm512_mask_add_epi16(tally[b], hits, tally[b], ones);
-      }
-    }
-    for (int b = 0; b < kBinsPerPass; ++b) {  // (GCC 12's _mm512_reduce_add_epi32 warns of an uninitialised read)
-      alignas(64) int32_t pair_sums[16];
-      _mm512_store_si512(pair_sums, _mm512_madd_epi16(tally[b], ones));
-      for (const int32_t sum : pair_sums) counts[b] += sum;
-    }
-  }
-  for (; j < keys; ++j) {
-    const int below_top = top - scores[j];
-    if (below_top >= 0 && below_top < kBinsPerPass) ++counts[below_top];
-  }
-}
-#endif
+// 16 scores in a GCC vector (one AVX2 register, two SSE ones). The threshold search counts
+// in such lanes: a comparison (-1 where true) subtracted from a tally per score level.
+typedef Score Lanes __attribute__((vector_size(32)));
+typedef uint16_t LaneCounts __attribute__((vector_size(32)));
+typedef int16_t Order __attribute__((vector_size(32)));
+constexpr int kLanes = sizeof(Lanes) / sizeof(Score);
+// Steps before the tallies go into the counts: each lane then holds at most 4095, so the
+// sum of a tally's 16 lanes fits in a uint16 lane.
+constexpr int64_t kStepsPerFlush = 4095;
 
-// The same on 16 int16 lanes of a GCC vector (one AVX2 register, two SSE ones): a
-// comparison (-1 where true) subtracted per bin. A loop over int32 counts, which GCC
-// vectorises by itself, takes twice the instructions.
-[[gnu::always_inline]] inline void count_top_bins_lanes(const Score* scores, int64_t keys, int top, int32_t* counts) {
-  typedef Score Lanes __attribute__((vector_size(32)));
-  constexpr int kLanes = sizeof(Lanes) / sizeof(Score);
-  constexpr int64_t kStepsPerFlush = 32767;
-  int64_t j = 0;
+// The sum of a tally's lanes, by halving shuffles.
+[[gnu::always_inline]] inline int64_t lane_sum(Lanes tally) {
+  LaneCounts sum = reinterpret_cast<LaneCounts>(tally);
+  sum += __builtin_shuffle(sum, Order{8, 9, 10, 11, 12, 13, 14, 15, 0, 1, 2, 3, 4, 5, 6, 7});
+  sum += __builtin_shuffle(sum, Order{4, 5, 6, 7, 0, 1, 2, 3, 12, 13, 14, 15, 8, 9, 10, 11});
+  sum += __builtin_shuffle(sum, Order{2, 3, 0, 1, 6, 7, 4, 5, 10, 11, 8, 9, 14, 15, 12, 13});
+  sum += __builtin_shuffle(sum, Order{1, 0, 3, 2, 5, 4, 7, 6, 9, 8, 11, 10, 13, 12, 15, 14});
+  return sum[0];
+}
+
+// How many keys score at least `score`.
+[[gnu::always_inline]] inline int64_t count_at_least(const Score* scores, int64_t keys, int score) {
+  int64_t count = 0, j = 0;
   while (j + kLanes <= keys) {
-    Lanes tally[kBinsPerPass] = {};
+    Lanes tally = {};
     for (int64_t step = 0; step < kStepsPerFlush && j + kLanes <= keys; ++step, j += kLanes) {
       Lanes lanes;
       std::memcpy(&lanes, scores + j, sizeof(lanes));
-      const Lanes below_top = static_cast<Score>(top) - lanes;
+      tally -= lanes >= static_cast<Score>(score);
+    }
+    count += lane_sum(tally);
+  }
+  for (; j < keys; ++j) count += scores[j] >= score;
+  return count;
+}
+
+// Score levels the first pass of the threshold search counts at once: the threshold of
+// a row is within two of the last row's in about 98% of the rows of an LSH layer
+// (sign_alsh, 32 bits, L = 64 of 500 keys: the same 33% of the time, one off 50%), and
+// [guess - 2, guess + 3] leaves one more level above to show where the threshold ends.
+constexpr int kWindow = 6;
+
+// at_least[w] = how many keys score at least low + w, for w < kWindow; returns the best
+// score (-1 if every key is padded). One pass: per 16 keys a load, a maximum, and a
+// comparison and a subtraction per level.
+[[gnu::always_inline]] inline Score count_window(const Score* scores, int64_t keys, int low, int64_t* at_least) {
+  std::fill(at_least, at_least + kWindow, 0);
+  Lanes best_lanes = Lanes{} - 1;
+  int64_t j = 0;
+  while (j + kLanes <= keys) {
+    Lanes tally[kWindow];
+    for (int w = 0; w < kWindow; ++w) tally[w] = Lanes{};  // (an array's "= {}" became a rep stos)
+    for (int64_t step = 0; step < kStepsPerFlush && j + kLanes <= keys; ++step, j += kLanes) {
+      Lanes lanes;
+      std::memcpy(&lanes, scores + j, sizeof(lanes));
+      best_lanes = lanes > best_lanes ? lanes : best_lanes;
 #pragma GCC unroll 8
-      for (int b = 0; b < kBinsPerPass; ++b) tally[b] -= below_top == static_cast<Score>(b);
+      for (int w = 0; w < kWindow; ++w) tally[w] -= lanes >= static_cast<Score>(low + w);
     }
-    for (int b = 0; b < kBinsPerPass; ++b) {
-      Score lane_counts[kLanes];
-      std::memcpy(lane_counts, &tally[b], sizeof(lane_counts));
-      for (const Score count : lane_counts) counts[b] += static_cast<uint16_t>(count);
-    }
+    for (int w = 0; w < kWindow; ++w) at_least[w] += lane_sum(tally[w]);
   }
+  Score best = -1;
+  for (int l = 0; l < kLanes; ++l) best = std::max(best, best_lanes[l]);
   for (; j < keys; ++j) {
-    const int below_top = top - scores[j];
-    if (below_top >= 0 && below_top < kBinsPerPass) ++counts[below_top];
+    best = std::max(best, scores[j]);
+    for (int w = 0; w < kWindow; ++w) at_least[w] += scores[j] >= low + w;
   }
+  return best;
 }
 
-// counts[b] = the keys scoring top - b, for b < kBinsPerPass.
-[[gnu::always_inline]] inline void count_top_bins(const Score* scores, int64_t keys, int top, int32_t* counts) {
-  std::fill(counts, counts + kBinsPerPass, 0);
-#if defined(__x86_64__) && defined(__GNUC__)
-  if (cpu_has_avx512_popcount()) return count_top_bins_avx512(scores, keys, top, counts);
-#endif
-  count_top_bins_lanes(scores, keys, top, counts);
-}
-
-// The lowest score still (partly) taken among the L best; next[s] gets the number of keys
-// of each score from the best down to it. Counts kBinsPerPass score values per pass,
-// downwards from the best score: the L-th best is usually within a few values of the
-// best, so one or two passes find it.
-[[gnu::always_inline]] inline int find_threshold(const Score* scores, int64_t keys, int64_t L, int best,
-                                                 int64_t* next) {
-  int64_t above = 0;
-  for (int top = best; top >= 0; top -= kBinsPerPass) {
-    int32_t bins[kBinsPerPass];
-    count_top_bins(scores, keys, top, bins);
-    for (int b = 0; b < kBinsPerPass && top - b >= 0; ++b) {
-      const int score = top - b;
-      next[score] = bins[b];
-      // Score 0 is the floor: keys scoring 0 fill whatever room is left.
-      if (above + bins[b] >= L || score == 0) return score;
-      above += bins[b];
-    }
+// The lowest score still (partly) taken among the L best (L >= 1): the highest t that at
+// least L keys reach, or 0 when fewer than L keys are valid (all of them are taken).
+// `guess` is the last row's threshold: one count_window pass around it settles most rows;
+// the others bisect the rest of the range by single counts. Returns -1 (and sets *best to
+// -1) when every key is padded.
+[[gnu::always_inline]] inline int find_threshold(const Score* scores, int64_t keys, int64_t L, int guess,
+                                                 Score* best) {
+  const int low = std::max(guess - 2, 0);
+  int64_t at_least[kWindow];
+  *best = count_window(scores, keys, low, at_least);
+  if (*best < 0) return -1;
+  int reached_levels = 0;  // at_least does not increase with the level
+  while (reached_levels < kWindow && at_least[reached_levels] >= L) ++reached_levels;
+  int reached, missed;  // the threshold lies in [reached, missed)
+  if (reached_levels == 0) {
+    if (low == 0) return 0;
+    reached = 0, missed = low;
+  } else if (reached_levels < kWindow) {
+    return low + reached_levels - 1;
+  } else {
+    reached = low + kWindow - 1, missed = *best + 1;
   }
-  return 0;
+  while (missed - reached > 1) {
+    const int middle = reached + (missed - reached) / 2;
+    (count_at_least(scores, keys, middle) >= L ? reached : missed) = middle;
+  }
+  return reached;
 }
 
 // scores rearranged into query i's tie-break order i, i-1, i+1, i-2, i+2, ...: ordered[d]
@@ -267,8 +328,6 @@ FASTATTN_AVX512_POPCOUNT inline void count_top_bins_avx512(const Score* scores, 
 // skipped). Pairs of steps sixteen keys at a time, one side reversed and the two
 // interleaved by vector shuffles; then the rest of the longer side.
 [[gnu::always_inline]] inline void order_by_distance(const Score* scores, int64_t keys, int64_t i, Score* ordered) {
-  typedef Score Lanes __attribute__((vector_size(32)));
-  typedef int16_t Order __attribute__((vector_size(32)));
   const int64_t both = std::min(i, keys - 1 - i);  // steps m = 1 .. both have a key on each side
   ordered[0] = scores[i];
   int64_t m = 1;
@@ -295,18 +354,46 @@ FASTATTN_AVX512_POPCOUNT inline void count_top_bins_avx512(const Score* scores, 
   }
 }
 
-// Places the candidates (the positions d in tie-break order whose key scores at least the
-// threshold, increasing) best score first by a counting sort, which keeps their order
-// within a score: each lands in its score's next free slot next[score] of placed. The keys
-// at the threshold come last, so all of them are placed and the caller keeps the first L
-// entries: no test of the room left per key. Stores positions, not keys: the one
-// dependency between iterations is next[score], and the keys follow in a vector pass.
-// noinline: scalar code, the same in every copy, given its own registers.
+// Places the candidates (the positions d in tie-break order whose key scores at least
+// `threshold`, increasing) best score first by a counting sort, which keeps their order
+// within a score: each lands in its score's next free slot of placed. The keys at the
+// threshold come last, so all of them are placed and the caller keeps the first L
+// entries: no test of the room left per key. Stores positions, not keys; the keys follow
+// in a vector pass.
+//
+// The one dependency between iterations is a score's next free slot, a load of what the
+// last iteration stored when two candidates in a row share a score (most do): about nine
+// cycles each. So the candidates go in kPlacementChains consecutive runs, each with its
+// own counts and free slots (chain c's slots of a score after those of chains before it,
+// which keeps the order), and one loop advances all runs together: independent chains
+// of stores and loads that overlap. noinline: scalar code, the same in every copy.
 [[gnu::noinline]] inline void place_by_score(const Score* ordered, const int32_t* candidates, int64_t count,
-                                             int64_t* next, int32_t* placed) {
-  for (int64_t c = 0; c < count; ++c) {
-    const int32_t d = candidates[c];
-    placed[next[ordered[d]]++] = d;
+                                             int best, int threshold, int32_t* next, int32_t* placed) {
+  constexpr int kChains = kPlacementChains;
+  const int64_t run = count / kChains;  // the last run also takes the count % kChains left over
+  const int stride = best + 1;         // next holds chain c's entry for score s at c * stride + s
+  for (int c = 0; c < kChains; ++c) std::fill(next + c * stride + threshold, next + c * stride + best + 1, 0);
+  for (int64_t n = 0; n < run; ++n) {
+    for (int c = 0; c < kChains; ++c) ++next[c * stride + ordered[candidates[c * run + n]]];
+  }
+  for (int64_t n = kChains * run; n < count; ++n) ++next[(kChains - 1) * stride + ordered[candidates[n]]];
+  int32_t free_slot = 0;
+  for (int score = best; score >= threshold; --score) {
+    for (int c = 0; c < kChains; ++c) {
+      const int32_t of_score = next[c * stride + score];
+      next[c * stride + score] = free_slot;
+      free_slot += of_score;
+    }
+  }
+  for (int64_t n = 0; n < run; ++n) {
+    for (int c = 0; c < kChains; ++c) {
+      const int32_t d = candidates[c * run + n];
+      placed[next[c * stride + ordered[d]]++] = d;
+    }
+  }
+  for (int64_t n = kChains * run; n < count; ++n) {
+    const int32_t d = candidates[n];
+    placed[next[(kChains - 1) * stride + ordered[d]]++] = d;
   }
 }
 
@@ -339,22 +426,15 @@ FASTATTN_AVX512_POPCOUNT inline void count_top_bins_avx512(const Score* scores, 
   i = std::min(i, keys - 1);
   Score* ordered = scratch.ordered.data();
   order_by_distance(scores, keys, i, ordered);
-  Score best = -1;
-  for (int64_t d = 0; d < keys; ++d) best = std::max(best, ordered[d]);
   int64_t taken = 0;
-  if (best >= 0) {
-    int64_t* next = scratch.next.data();
-    const int threshold = find_threshold(ordered, keys, L, best, next);
-    int64_t count = 0;
-    for (int score = best; score >= threshold; --score) {  // next[s]: where the next key of score s goes
-      const int64_t of_score = next[score];
-      next[score] = count;
-      count += of_score;
-    }
+  Score best;
+  const int threshold = L > 0 ? find_threshold(ordered, keys, L, scratch.threshold, &best) : -1;
+  if (threshold >= 0) {
+    scratch.threshold = threshold;
     int32_t* candidates = scratch.candidates.data();
-    collect_at_least(ordered, keys, threshold, candidates);
+    const int64_t count = collect_at_least(ordered, keys, threshold, candidates);
     int32_t* placed = scratch.placed.data();
-    place_by_score(ordered, candidates, count, next, placed);
+    place_by_score(ordered, candidates, count, best, threshold, scratch.next.data(), placed);
     taken = std::min(count, L);
     keys_at_positions(placed, taken, keys, i, out);
   }
