@@ -107,3 +107,26 @@ def test_cuda_matches_cpu(kind):
         assert torch.isfinite(got).all()
     else:
         torch.testing.assert_close(got[valid], want[valid], atol=1e-4, rtol=1e-4)
+
+
+def test_convolutional_positions_are_local_and_ignore_padding():
+    """conv_positions = 5 lets a frame's embedding see two frames each side, no further, and
+    never a padded frame; the paper's encoder has none."""
+    assert tiny().encoder.conv_positions is None
+    model = tiny(conv_positions=5, conv_position_groups=4)
+    x = inputs(1, 12, seed=64, width=12).requires_grad_()
+    model(x, output_hidden_states=True).hidden_states[0][0, 6].sum().backward()
+    reached = x.grad[0].abs().sum(-1) > 0
+    assert reached.tolist() == [False] * 4 + [True] * 5 + [False] * 3
+    x, mask = inputs(3, 20, seed=65, width=12), padding(3, 20, seed=65)
+    changed = torch.where(mask[..., None], 50 * inputs(3, 20, seed=66, width=12), x)
+    torch.testing.assert_close(model(changed, mask).last_hidden_state[~mask], model(x, mask).last_hidden_state[~mask])
+
+
+@pytest.mark.parametrize("changes, match", [
+    ({"conv_positions": 4}, "conv_positions must be 0 .* or an odd kernel size"),
+    ({"conv_positions": 3, "conv_position_groups": 5}, "conv_position_groups must divide hidden_size = 32"),
+])
+def test_bad_convolutional_positions_are_named(changes, match):
+    with pytest.raises(ValueError, match=match):
+        tiny(**changes)

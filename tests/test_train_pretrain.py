@@ -181,6 +181,16 @@ def test_a_kind_with_max_len_trains_on_cropped_batches(tmp_path):
     assert result["step"] == 3 and result["loss"] > 0
 
 
+def test_convolutional_positions_train_and_reload(tmp_path):
+    model = AudioALBERTConfig.tiny(input_dim=12, hidden_size=24, num_heads=2, ffn_size=48, conv_positions=5,
+                                   conv_position_groups=4)
+    data = SyntheticSpeech(16, 4)
+    result = pretrain(tiny_config(tmp_path, model=model, max_steps=3), data, collate)
+    encoder = load_encoder(result["checkpoint"])
+    assert encoder.encoder.conv_positions.kernel_size == (5,) and encoder.encoder.conv_positions.groups == 4
+    assert load_config(tmp_path / "config.yaml") == tiny_config(tmp_path, model=model, max_steps=3)
+
+
 def test_feature_width_mismatch_is_named(tmp_path):
     with pytest.raises(ValueError, match="input_dim"):
         pretrain(tiny_config(tmp_path, model=AudioALBERTConfig.tiny(input_dim=13)), SyntheticSpeech(8, 0), collate)

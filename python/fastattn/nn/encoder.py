@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 from fastattn.nn.attention import SelfAttention
 
@@ -35,6 +36,12 @@ class AudioALBERTConfig:
     attention_options: dict = field(default_factory=dict)  # that kind's options
     max_len: int | None = None  # longest T; required by the synth_* and fixed_pattern kinds
     layer_norm_eps: float = 1e-12  # BERT's and Audio ALBERT's
+    # wav2vec 2.0's convolutional positions, for models too small or too briefly trained to
+    # learn local offsets from the sinusoids: the GELU of a grouped convolution over time of
+    # the embeddings (this odd kernel, conv_position_groups groups) is added to them before
+    # the sinusoids. 0: none, the paper's encoder.
+    conv_positions: int = 0
+    conv_position_groups: int = 16
 
     @classmethod
     def paper(cls, **changes) -> "AudioALBERTConfig":
@@ -90,8 +97,9 @@ class EncoderLayer(nn.Module):
 
 
 class ALBERTEncoder(nn.Module):
-    """Sinusoidal positions, LayerNorm and dropout on (B, T, hidden) embeddings, then
-    `num_layers` EncoderLayers (one shared layer unless config.share_layers is False)."""
+    """Sinusoidal positions (after convolutional ones, when config.conv_positions is set),
+    LayerNorm and dropout on (B, T, hidden) embeddings, then `num_layers` EncoderLayers (one
+    shared layer unless config.share_layers is False)."""
 
     def __init__(self, config: AudioALBERTConfig):
         super().__init__()
@@ -100,6 +108,7 @@ class ALBERTEncoder(nn.Module):
         self.dropout = nn.Dropout(config.dropout)
         distinct = 1 if config.share_layers else config.num_layers
         self.layers = nn.ModuleList(EncoderLayer(config) for _ in range(distinct))
+        self.conv_positions = _conv_positions(config)
 
     def forward(self, inputs_embeds, key_padding_mask=None, *, output_hidden_states: bool = False,
                 output_attentions: bool = False) -> EncoderOutput:
@@ -110,6 +119,12 @@ class ALBERTEncoder(nn.Module):
             raise ValueError(f"inputs_embeds must be (B, T, hidden_size = {self.config.hidden_size}), got {got}")
         positions = sinusoidal_positions(inputs_embeds.shape[1], inputs_embeds.shape[2],
                                          device=inputs_embeds.device, dtype=inputs_embeds.dtype)
+        if self.conv_positions is not None:
+            # Padded frames enter as zeros, so a valid frame's output never depends on them.
+            seen = inputs_embeds
+            if key_padding_mask is not None:
+                seen = seen.masked_fill(key_padding_mask[..., None], 0)
+            inputs_embeds = inputs_embeds + F.gelu(self.conv_positions(seen.transpose(1, 2))).transpose(1, 2)
         x = self.dropout(self.norm(inputs_embeds + positions))
         hidden_states, attentions = [x], []
         for index in range(self.config.num_layers):
@@ -118,6 +133,17 @@ class ALBERTEncoder(nn.Module):
             attentions.append(weights)
         return EncoderOutput(x, tuple(hidden_states) if output_hidden_states else None,
                              tuple(attentions) if output_attentions else None)
+
+
+def _conv_positions(config: AudioALBERTConfig) -> nn.Conv1d | None:
+    kernel, groups = config.conv_positions, config.conv_position_groups
+    if not (isinstance(kernel, int) and kernel >= 0 and (kernel == 0 or kernel % 2 == 1)):
+        raise ValueError(f"conv_positions must be 0 (none) or an odd kernel size, got {kernel!r}")
+    if kernel == 0:
+        return None
+    if not (isinstance(groups, int) and groups >= 1 and config.hidden_size % groups == 0):
+        raise ValueError(f"conv_position_groups must divide hidden_size = {config.hidden_size}, got {groups!r}")
+    return nn.Conv1d(config.hidden_size, config.hidden_size, kernel, padding=kernel // 2, groups=groups)
 
 
 class AudioALBERT(nn.Module):
