@@ -71,6 +71,13 @@ def test_any_strides(device):
             assert torch.equal(base[..., 1::3], untouched[..., 1::3])
 
 
+def test_stride_zero_on_a_dimension_of_one_is_accepted():
+    lists = random_lists(1, 1, 7, 5, seed=10)
+    view = lists.as_strided(lists.shape, (0, 0, 5, 1))
+    want = reference.drop_own_key(lists)
+    assert torch.equal(ops.drop_own_key_(view), want)
+
+
 def test_empty_shapes():
     for shape in ((0, 2, 3, 4), (2, 2, 0, 4), (2, 2, 3, 0)):
         lists = torch.zeros(shape, dtype=torch.int32)

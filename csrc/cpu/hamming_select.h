@@ -243,66 +243,51 @@ constexpr int64_t kStepsPerFlush = 4095;
   return sum[0];
 }
 
-// How many keys score at least `score`.
-[[gnu::always_inline]] inline int64_t count_at_least(const Score* scores, int64_t keys, int score) {
-  int64_t count = 0, j = 0;
-  while (j + kLanes <= keys) {
-    Lanes tally = {};
-    for (int64_t step = 0; step < kStepsPerFlush && j + kLanes <= keys; ++step, j += kLanes) {
-      Lanes lanes;
-      std::memcpy(&lanes, scores + j, sizeof(lanes));
-      tally -= lanes >= static_cast<Score>(score);
-    }
-    count += lane_sum(tally);
-  }
-  for (; j < keys; ++j) count += scores[j] >= score;
-  return count;
-}
-
 // Score levels the first pass of the threshold search counts at once: the threshold of
 // a row is within two of the last row's in about 98% of the rows of an LSH layer
 // (sign_alsh, 32 bits, L = 64 of 500 keys: the same 33% of the time, one off 50%), and
 // [guess - 2, guess + 3] leaves one more level above to show where the threshold ends.
 constexpr int kWindow = 6;
 
-// at_least[w] = how many keys score at least low + w, for w < kWindow; returns the best
+// at_least[w] = how many keys score at least low + w, for w < kLevels; returns the best
 // score (-1 if every key is padded). One pass: per 16 keys a load, a maximum, and a
 // comparison and a subtraction per level.
-[[gnu::always_inline]] inline Score count_window(const Score* scores, int64_t keys, int low, int64_t* at_least) {
-  std::fill(at_least, at_least + kWindow, 0);
+template <int kLevels>
+[[gnu::always_inline]] inline Score count_levels(const Score* scores, int64_t keys, int low, int64_t* at_least) {
+  std::fill(at_least, at_least + kLevels, 0);
   Lanes best_lanes = Lanes{} - 1;
   int64_t j = 0;
   while (j + kLanes <= keys) {
-    Lanes tally[kWindow];
-    for (int w = 0; w < kWindow; ++w) tally[w] = Lanes{};  // (an array's "= {}" became a rep stos)
+    Lanes tally[kLevels];
+    for (int w = 0; w < kLevels; ++w) tally[w] = Lanes{};  // (an array's "= {}" became a rep stos)
     for (int64_t step = 0; step < kStepsPerFlush && j + kLanes <= keys; ++step, j += kLanes) {
       Lanes lanes;
       std::memcpy(&lanes, scores + j, sizeof(lanes));
       best_lanes = lanes > best_lanes ? lanes : best_lanes;
 #pragma GCC unroll 8
-      for (int w = 0; w < kWindow; ++w) tally[w] -= lanes >= static_cast<Score>(low + w);
+      for (int w = 0; w < kLevels; ++w) tally[w] -= lanes >= static_cast<Score>(low + w);
     }
-    for (int w = 0; w < kWindow; ++w) at_least[w] += lane_sum(tally[w]);
+    for (int w = 0; w < kLevels; ++w) at_least[w] += lane_sum(tally[w]);
   }
   Score best = -1;
   for (int l = 0; l < kLanes; ++l) best = std::max(best, best_lanes[l]);
   for (; j < keys; ++j) {
     best = std::max(best, scores[j]);
-    for (int w = 0; w < kWindow; ++w) at_least[w] += scores[j] >= low + w;
+    for (int w = 0; w < kLevels; ++w) at_least[w] += scores[j] >= low + w;
   }
   return best;
 }
 
 // The lowest score still (partly) taken among the L best (L >= 1): the highest t that at
 // least L keys reach, or 0 when fewer than L keys are valid (all of them are taken).
-// `guess` is the last row's threshold: one count_window pass around it settles most rows;
+// `guess` is the last row's threshold: one count_levels pass around it settles most rows;
 // the others bisect the rest of the range by single counts. Returns -1 (and sets *best to
 // -1) when every key is padded.
 [[gnu::always_inline]] inline int find_threshold(const Score* scores, int64_t keys, int64_t L, int guess,
                                                  Score* best) {
   const int low = std::max(guess - 2, 0);
   int64_t at_least[kWindow];
-  *best = count_window(scores, keys, low, at_least);
+  *best = count_levels<kWindow>(scores, keys, low, at_least);
   if (*best < 0) return -1;
   int reached_levels = 0;  // at_least does not increase with the level
   while (reached_levels < kWindow && at_least[reached_levels] >= L) ++reached_levels;
@@ -317,7 +302,9 @@ constexpr int kWindow = 6;
   }
   while (missed - reached > 1) {
     const int middle = reached + (missed - reached) / 2;
-    (count_at_least(scores, keys, middle) >= L ? reached : missed) = middle;
+    int64_t at_middle;
+    count_levels<1>(scores, keys, middle, &at_middle);
+    (at_middle >= L ? reached : missed) = middle;
   }
   return reached;
 }

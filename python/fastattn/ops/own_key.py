@@ -37,7 +37,8 @@ def _check(indices) -> None:
         raise TypeError(f"indices must be int32 or int64, got {indices.dtype}")
     if indices.device.type not in ("cpu", "cuda"):
         raise ValueError(f"indices is on {indices.device}; fastattn has kernels for cpu and cuda")
-    if 0 in indices.stride() and indices.numel() > 1:
+    # Stride 0 on a dimension of size 1 aliases nothing.
+    if any(stride == 0 and size > 1 for stride, size in zip(indices.stride(), indices.shape)):
         raise ValueError(f"indices must own its elements (no stride 0 of a broadcast view), got strides "
                          f"{indices.stride()}: pass indices.contiguous()")
 
