@@ -9,6 +9,7 @@ import shutil
 import statistics
 
 import pytest
+import torch
 
 pytest.importorskip("espeakng_loader")
 pytest.importorskip("yaml")
@@ -45,7 +46,7 @@ def report_command(corpus, out, *, kinds=KINDS_RUN, seeds: int = 2, steps: int =
 @pytest.fixture(scope="module")
 def report(corpus, tmp_path_factory):
     out = tmp_path_factory.mktemp("report") / "out"
-    main(report_command(corpus, out))
+    main(report_command(corpus, out, extra=["--jobs", "2"]))  # the runs two at a time, in processes
     return out
 
 
@@ -145,6 +146,31 @@ def test_rerun_reuses_every_finished_stage(corpus, report):
     assert json.loads((report / "report.json").read_text())["accuracy"] == first["accuracy"]
 
 
+def logged_losses(out, seed: int) -> list[dict]:
+    """fixed_pattern's log of one seed without its clock readings."""
+    log = (out / "runs" / "fixed_pattern" / f"seed{seed}" / "log.jsonl").read_text().splitlines()
+    return [{key: value for key, value in json.loads(line).items() if key not in ("frames_per_s", "seconds")}
+            for line in log]
+
+
+def test_runs_in_parallel_processes_equal_runs_in_turn(corpus, report, tmp_path):
+    # The fixture's runs went two at a time, each process on half of this one's threads.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(max(1, threads // 2))
+    try:
+        main(report_command(corpus, tmp_path / "out", kinds=["fixed_pattern"], extra=["--jobs", "1"]))
+    finally:
+        torch.set_num_threads(threads)
+    for seed in (0, 1):
+        in_turn, parallel = (load_checkpoint(out / "runs" / "fixed_pattern" / f"seed{seed}" / "checkpoint.pt")
+                             for out in (tmp_path / "out", report))
+        assert in_turn["step"] == parallel["step"] == 3
+        for name, tensor in parallel["encoder"].items():
+            assert torch.equal(in_turn["encoder"][name], tensor), name
+        assert logged_losses(tmp_path / "out", seed) == logged_losses(report, seed)
+    assert "2 models at a time" in (report / "report.md").read_text()
+
+
 def changed(before: dict, after: dict) -> set[str]:
     """The top folders (runs/full, probes/log-mel, timing, ...) holding a file that changed."""
     return {"/".join(name.split("/")[:1 if name.startswith("timing") else 2])
@@ -222,6 +248,7 @@ def test_kinds_all_names_every_kind():
     ({"kinds": ("full", "full")}, "must not repeat"),
     ({"seeds": 0}, "seeds must be a positive integer"),
     ({"steps": 0}, "steps must be a positive integer or None"),
+    ({"jobs": 0}, "jobs must be a positive integer or None"),
     ({"timing_length": -1}, "timing_length"),
     ({"overrides": ("model.attention=strided",)}, "may not set"),
     ({"overrides": ("seed=3",)}, "may not set"),

@@ -215,6 +215,9 @@ def _report_parser(commands) -> None:
                         help="B of the Table 1 timing (default: the config's batch_size)")
     parser.add_argument("--timing-reps", type=int, default=5, help="timed calls per measurement (default 5)")
     parser.add_argument("--deltas", action="store_true", help="append deltas and delta-deltas (240 features)")
+    parser.add_argument("--jobs", type=int, default=None,
+                        help="pre-training runs at once, one process each (default: 1 on a GPU, else one per torch "
+                             "thread up to the number of runs)")
     parser.set_defaults(run=_run_report)
 
 
@@ -227,7 +230,7 @@ def _run_report(args) -> None:
     settings = ReportSettings(out=args.out, kinds=parse_kinds(args.kinds), corpus=args.corpus, config=args.config,
                               overrides=args.overrides, steps=args.steps, seeds=args.seeds, probes=probes,
                               timing_length=args.timing_length, timing_batch=args.timing_batch,
-                              timing_reps=args.timing_reps, deltas=args.deltas)
+                              timing_reps=args.timing_reps, deltas=args.deltas, jobs=args.jobs)
     run_report(settings)
     print((args.out / "report.md").read_text())
 

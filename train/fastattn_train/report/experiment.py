@@ -9,7 +9,8 @@ valid (the cheap head roles, pictures and tables are redrawn each time):
     OUT/data.json                     which corpus and features the folder holds; another is refused
     OUT/features/                     the feature cache
     OUT/runs/<kind>/seed<s>/          each pre-training run (resumed from its checkpoint; more
-                                      --steps continue it, on the schedule of the new length)
+                                      --steps continue it, on the schedule of the new length);
+                                      on a CPU several run at once, one process each (parallel.py)
     OUT/probes/<row>/seed<s>.json     each row's probe results (redone for a new checkpoint or
                                       other probe settings)
     OUT/timing/<kind>.json            each kind's Table 1 times (redone when the settings, the
@@ -26,6 +27,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import functools
 import hashlib
 import json
 import shutil
@@ -50,6 +52,7 @@ from fastattn_train.pretrain import config_to_dict, load_encoder, pretrain, trai
 from fastattn_train.probes import ProbeConfig, encoder_features, input_features, probe_device, run_probes
 from fastattn_train.settings import pretrain_config
 
+from .parallel import default_jobs, pretrain_all
 from .plots import SMOOTHING, plot_accuracy_against_time, plot_attention_maps, plot_loss_curves
 from .summary import BASELINE, accuracy_table, markdown, timing_table, weighted_row
 
@@ -81,6 +84,7 @@ class ReportSettings:
     timing_batch: int | None = None  # B of the timing; None: the config's batch_size
     timing_reps: int = 5  # timed calls per measurement, median reported
     deltas: bool = False  # log-mel with deltas (240 features)
+    jobs: int | None = None  # pre-training runs at once, in processes; None: parallel.default_jobs
 
     def __post_init__(self):
         self.out = Path(self.out)
@@ -97,7 +101,7 @@ class ReportSettings:
         for name in ("seeds", "timing_length", "timing_reps"):
             if not (isinstance(getattr(self, name), int) and getattr(self, name) >= 1):
                 raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)!r}")
-        for name in ("steps", "timing_batch"):
+        for name in ("steps", "timing_batch", "jobs"):
             value = getattr(self, name)
             if value is not None and not (isinstance(value, int) and value >= 1):
                 raise ValueError(f"{name} must be a positive integer or None, got {value!r}")
@@ -130,7 +134,8 @@ def run_report(settings: ReportSettings) -> dict:
     out = settings.out
     out.mkdir(parents=True, exist_ok=True)
     kinds, seeds = settings.kinds, range(settings.seeds)
-    progress = Progress(1 + settings.seeds + len(kinds) * (3 * settings.seeds + 2) + 1)
+    jobs = settings.jobs or default_jobs(probe_device(settings.probes), len(kinds) * settings.seeds)
+    progress = Progress(1 + settings.seeds + 1 + len(kinds) * (3 * settings.seeds + 2) + 1)
 
     progress.stage("corpus and features")
     corpus = settings.corpus or ensure_corpus(out / "corpus")
@@ -151,6 +156,15 @@ def run_report(settings: ReportSettings) -> dict:
         progress.stage(f"{BASELINE}, seed {seed}: probing")
         per_seed[BASELINE].append(probe_row(out, BASELINE, seed, None, lambda: input_features, splits,
                                             settings.probes)["test"])
+    unfinished = [(kind, seed) for kind in kinds for seed in seeds
+                  if not finished(out / "runs" / kind / f"seed{seed}", settings.steps or base.max_steps)]
+    parallel = jobs > 1 and len(unfinished) > 1
+    progress.stage(f"pre-training: {len(unfinished)} of {len(kinds) * settings.seeds} models to train, "
+                   + (f"{jobs} at a time" if parallel else "each at its stage below"))
+    if parallel:
+        pretrain_all(jobs, unfinished, functools.partial(
+            _pretrain_in_worker, out=out, corpus=corpus, features=features, config_name=settings.config,
+            overrides=overrides, steps=settings.steps, base=base, longest=longest))
     runs, timing, roles, maps, layer_weights = {}, {}, {}, {}, {}
     for kind in kinds:
         weighted = weighted_row(kind)
@@ -187,7 +201,7 @@ def run_report(settings: ReportSettings) -> dict:
     plot_loss_curves({kind: [run["losses"] for run in runs[kind]] for kind in kinds}, out / "loss_curves.png",
                      references=runs[kinds[0]][0]["trivial"])
     report = {
-        "setup": setup(settings, base, corpus, splits, runs),
+        "setup": setup(settings, base, corpus, splits, runs, jobs),
         "accuracy": accuracy,
         "timing": times,
         "pretraining": {kind: [{"seed": seed, "step": run["step"], "seconds": run["seconds"],
@@ -267,6 +281,21 @@ def pretrain_run(out: Path, kind: str, seed: int, config_name: str, overrides, s
             "model": config.model, "losses": [(entry["step"], entry["loss"]) for entry in log],
             "trivial": {name: [(entry["step"], entry[f"{name}_l1"]) for entry in log if f"{name}_l1" in entry]
                         for name in trivial_predictors.NAMES}}
+
+
+def finished(run_dir: Path, steps: int) -> bool:
+    """Whether a run's checkpoint has reached `steps`."""
+    path = run_dir / "checkpoint.pt"
+    return path.exists() and load_checkpoint(path)["step"] >= steps
+
+
+def _pretrain_in_worker(kind: str, seed: int, threads: int, *, out: Path, corpus: Path, features: FeatureSettings,
+                        config_name: str, overrides, steps: int | None, base, longest: int) -> None:
+    """pretrain_run in a process of parallel.pretrain_all, on `threads` torch threads, with the
+    train split loaded from the report's feature cache."""
+    torch.set_num_threads(threads)
+    train = load_dataset(corpus, "train", features, cache_dir=out / "features")
+    pretrain_run(out, kind, seed, config_name, overrides, steps, base, longest, train)
 
 
 def against_trivial_predictors(run: dict) -> dict:
@@ -361,7 +390,7 @@ def head_roles_and_maps(out: Path, kind: str, encoder: AudioALBERT, test,
     return roles, str(path)
 
 
-def setup(settings: ReportSettings, base, corpus: Path, splits, runs: dict[str, list[dict]]) -> dict:
+def setup(settings: ReportSettings, base, corpus: Path, splits, runs: dict[str, list[dict]], jobs: int) -> dict:
     """What ran, for the report's header: date, device, versions, corpus, model, the steps the
     runs reached, probes, timing, and what the head-role analysis compares with."""
     device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -382,6 +411,7 @@ def setup(settings: ReportSettings, base, corpus: Path, splits, runs: dict[str, 
         "model": f"{model.num_layers} shared layers, hidden {model.hidden_size}, {model.num_heads} heads, "
                  f"FFN {model.ffn_size}",
         "steps": steps[0] if len(steps) == 1 else steps,
+        "pretraining_jobs": jobs,
         "seeds": settings.seeds,
         "kinds": list(settings.kinds),
         "probes": f"at most {probes.max_epochs} epochs, patience {probes.patience}, phoneme hidden size "
