@@ -31,8 +31,12 @@ class ProbeConfig:
     lr: float = 1e-3  # Adam
     max_epochs: int = 50
     patience: int = 5  # epochs without a better dev accuracy before stopping
-    utterance_batch_size: int = 32
-    frame_batch_size: int = 4096
+    # Small batches: an epoch costs the same FLOPs at any batch size, and more steps per epoch
+    # reach a better probe in the same epochs (8 epochs of a 2-hidden phone probe on tiny
+    # features: 0.875 at 4096 frames a batch, 0.899 at 1024; utterance speaker 0.73 at 32
+    # utterances, 0.78 at 8).
+    utterance_batch_size: int = 8
+    frame_batch_size: int = 1024
     extract_batch_size: int = 16  # utterances per encoder forward
     seed: int = 0
     device: str | None = None  # None: CUDA when available
