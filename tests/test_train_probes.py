@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from fastattn.nn import AudioALBERT, AudioALBERTConfig
-from fastattn_train.probes import (ProbeConfig, SplitFeatures, encoder_features, extract, input_features,
-                                   mean_pool, run_layer_sweep, run_probes, standardised)
+from fastattn_train.probes import (ProbeConfig, SplitFeatures, encoder_features, extract, extract_splits,
+                                   input_features, layer_of, mean_pool, run_layer_sweep, run_probes, standardised)
 from train_cases import SyntheticSpeech, collate
 
 SMALL = ProbeConfig(hidden_size=32, lr=1e-2, max_epochs=30, patience=5, utterance_batch_size=8, frame_batch_size=256,
@@ -120,6 +120,17 @@ def test_layer_sweep_probes_each_layer_alone_and_picks_the_best_on_dev():
         best = sweep["best_on_dev"][task]
         assert best["dev"] == max(result["dev"][task] for result in sweep["layers"].values())
         assert best["test"] == sweep["layers"][best["layer"]]["test"][task]
+
+
+def test_one_layer_of_an_extraction_of_every_layer_equals_that_layer_extracted_alone():
+    """The report probes a model's last layer and its weighted layers from one extraction."""
+    encoder = tiny_encoder().eval()
+    every = extract_splits(encoder_features(encoder, "weighted"), *splits(), collate, SMALL)
+    alone = extract_splits(encoder_features(encoder), *splits(), collate, SMALL)
+    for name, split in layer_of(every, -1).items():
+        torch.testing.assert_close(torch.cat(split.frames), torch.cat(alone[name].frames))
+        torch.testing.assert_close(split.pooled, alone[name].pooled)
+        assert torch.equal(split.speakers, alone[name].speakers)
 
 
 @pytest.mark.parametrize("layer", [-1, 99, "first", True])

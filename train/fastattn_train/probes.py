@@ -264,9 +264,23 @@ def run_probes(extractor, train, dev, test, collate, config: ProbeConfig = Probe
     {task: the learned weight of each layer}; a phone task is None where a split has no
     phone labels.
     """
-    splits = _extracted_splits(extractor, train, dev, test, collate, config, tasks)
+    return probe_extracted(extract_splits(extractor, train, dev, test, collate, config, tasks), train, config, tasks)
+
+
+def probe_extracted(splits: dict[str, SplitFeatures], train, config: ProbeConfig = ProbeConfig(),
+                    tasks: tuple[str, ...] = TASKS) -> dict:
+    """run_probes on splits extract_splits gave: one extraction can serve several probe runs
+    (a layer of it alone, layer_of, and all its layers weighted)."""
     return {**_probe_tasks(splits, train, config, tasks),
             "extraction_seconds": {name: split.seconds for name, split in splits.items()}}
+
+
+def layer_of(splits: dict[str, SplitFeatures], layer: int) -> dict[str, SplitFeatures]:
+    """Splits of features with layers, (.., layers, D), reduced to one layer's (-1: the last).
+    The train statistics a split was standardised with are per layer, so this equals
+    extracting and standardising that layer alone."""
+    return {name: dataclasses.replace(split, frames=[f[:, layer] for f in split.frames], pooled=split.pooled[:, layer])
+            for name, split in splits.items()}
 
 
 def run_layer_sweep(encoder: nn.Module, train, dev, test, collate, config: ProbeConfig = ProbeConfig(),
@@ -278,10 +292,8 @@ def run_layer_sweep(encoder: nn.Module, train, dev, test, collate, config: Probe
     Returns {"layers": {layer: run_probes' "test", "dev" and "epochs" of that layer},
     "best_on_dev": {task: {"layer", "dev", "test"}} (None for a phone task without
     labels), "extraction_seconds": {split: seconds}}."""
-    splits = _extracted_splits(encoder_features(encoder, "weighted", window), train, dev, test, collate, config,
-                               tasks)
-    layers = {layer: _probe_tasks({name: _one_layer(split, layer) for name, split in splits.items()}, train,
-                                  config, tasks)
+    splits = extract_splits(encoder_features(encoder, "weighted", window), train, dev, test, collate, config, tasks)
+    layers = {layer: _probe_tasks(layer_of(splits, layer), train, config, tasks)
               for layer in range(encoder.config.num_layers + 1)}
     best = {}
     for task in tasks:
@@ -293,13 +305,8 @@ def run_layer_sweep(encoder: nn.Module, train, dev, test, collate, config: Probe
             "extraction_seconds": {name: split.seconds for name, split in splits.items()}}
 
 
-def _one_layer(split: SplitFeatures, layer: int) -> SplitFeatures:
-    """A split of features with layers, (.., layers, D), reduced to one layer's."""
-    return dataclasses.replace(split, frames=[f[:, layer] for f in split.frames], pooled=split.pooled[:, layer])
-
-
-def _extracted_splits(extractor, train, dev, test, collate, config: ProbeConfig,
-                      tasks: tuple[str, ...]) -> dict[str, SplitFeatures]:
+def extract_splits(extractor, train, dev, test, collate, config: ProbeConfig = ProbeConfig(),
+                   tasks: tuple[str, ...] = TASKS) -> dict[str, SplitFeatures]:
     """The three splits extracted with `extractor` and standardised, after checking the tasks
     and that the splits share their label lists."""
     unknown = sorted(set(tasks) - set(TASKS))

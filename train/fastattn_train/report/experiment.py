@@ -49,7 +49,8 @@ from fastattn_train.corpus.build import build_corpus
 from fastattn_train.dataset import collate, load_dataset
 from fastattn_train.features import FeatureSettings
 from fastattn_train.pretrain import config_to_dict, load_encoder, pretrain, trained_length
-from fastattn_train.probes import ProbeConfig, encoder_features, input_features, probe_device, run_probes
+from fastattn_train.probes import (ProbeConfig, encoder_features, extract_splits, input_features, layer_of,
+                                   probe_device, probe_extracted)
 from fastattn_train.settings import pretrain_config
 
 from .parallel import default_jobs, pretrain_all
@@ -154,8 +155,9 @@ def run_report(settings: ReportSettings) -> dict:
     per_seed = {BASELINE: []}
     for seed in seeds:
         progress.stage(f"{BASELINE}, seed {seed}: probing")
-        per_seed[BASELINE].append(probe_row(out, BASELINE, seed, None, lambda: input_features, splits,
-                                            settings.probes)["test"])
+        per_seed[BASELINE].append(probe_row(
+            out, BASELINE, seed, None, lambda: extract_splits(input_features, *splits, collate, settings.probes),
+            splits[0], settings.probes)["test"])
     unfinished = [(kind, seed) for kind in kinds for seed in seeds
                   if not finished(out / "runs" / kind / f"seed{seed}", settings.steps or base.max_steps)]
     parallel = jobs > 1 and len(unfinished) > 1
@@ -178,13 +180,14 @@ def run_report(settings: ReportSettings) -> dict:
             # Features in windows of the pre-training crops: positions the encoder was trained at.
             window = trained_length(checkpoint)
             trained = {"step": run["step"], "seconds": run["seconds"], "window": window}
-            per_seed[kind].append(probe_row(
-                out, kind, seed, trained, lambda: encoder_features(load_encoder(checkpoint, device), window=window),
-                splits, settings.probes)["test"])
+            # One extraction of every layer serves both rows (the last layer is one of them).
+            every_layer = functools.cache(lambda: extract_splits(
+                encoder_features(load_encoder(checkpoint, device), "weighted", window=window), *splits, collate,
+                settings.probes))
+            per_seed[kind].append(probe_row(out, kind, seed, trained, lambda: layer_of(every_layer(), -1), splits[0],
+                                            settings.probes)["test"])
             progress.stage(f"{kind}, seed {seed}: probing a learned weighted sum of its layers")
-            result = probe_row(out, f"{kind}-weighted", seed, trained,
-                               lambda: encoder_features(load_encoder(checkpoint, device), "weighted", window=window),
-                               splits, settings.probes)
+            result = probe_row(out, f"{kind}-weighted", seed, trained, every_layer, splits[0], settings.probes)
             per_seed[weighted].append(result["test"])
             layer_weights[kind].append(result["layer_weights"])
         progress.stage(f"{kind}: timing a training step and inference at T = {settings.timing_length}")
@@ -323,11 +326,12 @@ def check_same_run(run_dir: Path, config) -> None:
                          f"again, or use another --out")
 
 
-def probe_row(out: Path, name: str, seed: int, checkpoint: dict | None, make_extractor, splits,
+def probe_row(out: Path, name: str, seed: int, checkpoint: dict | None, make_splits, train,
               probes: ProbeConfig) -> dict:
-    """run_probes' results for one row and seed ("test" holds the four accuracies), cached in
-    OUT/probes/<name>/seed<seed>.json with the checkpoint ({"step", "seconds", "window"},
-    None for log-mel) and probe settings they came from, and redone when either differs."""
+    """probe_extracted's results for one row and seed ("test" holds the four accuracies) on
+    the splits make_splits() extracts, cached in OUT/probes/<name>/seed<seed>.json with the
+    checkpoint ({"step", "seconds", "window"}, None for log-mel) and probe settings they came
+    from, and redone when either differs."""
     seeded = dataclasses.replace(probes, seed=probes.seed + seed)
     path = out / "probes" / name / f"seed{seed}.json"
     wanted = {"checkpoint": checkpoint, "probes": dataclasses.asdict(seeded)}
@@ -335,7 +339,7 @@ def probe_row(out: Path, name: str, seed: int, checkpoint: dict | None, make_ext
         cached = json.loads(path.read_text())
         if {key: cached.get(key) for key in wanted} == wanted:
             return cached
-    results = run_probes(make_extractor(), *splits, collate, seeded)
+    results = probe_extracted(make_splits(), train, seeded)
     path.parent.mkdir(parents=True, exist_ok=True)
     write_text(path, json.dumps({**wanted, **results}, indent=1) + "\n")
     return {**wanted, **results}
