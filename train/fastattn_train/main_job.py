@@ -1,8 +1,8 @@
 """The main job: pre-train tiny Audio ALBERT encoders with `full` and `fixed_pattern`
 attention on the bundled eSpeak NG corpus, probe them and the log-mel features with the
 paper's four probes, time them, and print the report: the `fastattn report` of those two
-kinds on the default corpus, with the probes' epochs capped (fastattn_train.report.cpu_probes)
-so that it fits about 15 minutes on 2 CPU cores.
+kinds on the default corpus, with the probes' epochs capped (fastattn_train.report.cpu_probes):
+about 20 minutes on 2 CPU cores, 12 of them probing (docs/main_job.md).
 
 Everything lands in one working folder (the report folder, see `fastattn report --help`) and
 is reused when it is there, so a rerun, or a run that was interrupted, picks up where it

@@ -419,7 +419,8 @@ def setup(settings: ReportSettings, base, corpus: Path, splits, runs: dict[str, 
         "seeds": settings.seeds,
         "kinds": list(settings.kinds),
         "probes": f"at most {probes.max_epochs} epochs, patience {probes.patience}, phoneme hidden size "
-                  f"{probes.hidden_size}, Adam lr {probes.lr}",
+                  f"{probes.hidden_size}, Adam lr {probes.lr}, batches of {probes.utterance_batch_size} utterances "
+                  f"or {probes.frame_batch_size} frames",
         "timing": {"length": settings.timing_length, "batch": settings.timing_batch or base.batch_size,
                    "reps": settings.timing_reps, "warmup": TIMING_WARMUP},
         "map_utterances": min(MAP_UTTERANCES, len(splits[2])),
