@@ -204,7 +204,7 @@ def run_report(settings: ReportSettings) -> dict:
     plot_loss_curves({kind: [run["losses"] for run in runs[kind]] for kind in kinds}, out / "loss_curves.png",
                      references=runs[kinds[0]][0]["trivial"])
     report = {
-        "setup": setup(settings, base, corpus, splits, runs, jobs),
+        "setup": setup(settings, base, corpus, splits, runs),
         "accuracy": accuracy,
         "timing": times,
         "pretraining": {kind: [{"seed": seed, "step": run["step"], "seconds": run["seconds"],
@@ -394,7 +394,7 @@ def head_roles_and_maps(out: Path, kind: str, encoder: AudioALBERT, test,
     return roles, str(path)
 
 
-def setup(settings: ReportSettings, base, corpus: Path, splits, runs: dict[str, list[dict]], jobs: int) -> dict:
+def setup(settings: ReportSettings, base, corpus: Path, splits, runs: dict[str, list[dict]]) -> dict:
     """What ran, for the report's header: date, device, versions, corpus, model, the steps the
     runs reached, probes, timing, and what the head-role analysis compares with."""
     device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -415,7 +415,6 @@ def setup(settings: ReportSettings, base, corpus: Path, splits, runs: dict[str, 
         "model": f"{model.num_layers} shared layers, hidden {model.hidden_size}, {model.num_heads} heads, "
                  f"FFN {model.ffn_size}",
         "steps": steps[0] if len(steps) == 1 else steps,
-        "pretraining_jobs": jobs,
         "seeds": settings.seeds,
         "kinds": list(settings.kinds),
         "probes": f"at most {probes.max_epochs} epochs, patience {probes.patience}, phoneme hidden size "

@@ -100,9 +100,6 @@ def _header(setup: dict) -> list[str]:
     spread_note = (f"mean ± sample standard deviation over {seeds} seeds (pre-training and probe seeds)"
                    if seeds > 1 else "one seed; rerun with --seeds N for the spread")
     steps = f"{steps} steps per model" if isinstance(steps, int) else f"runs of {', '.join(map(str, steps))} steps"
-    jobs = setup.get("pretraining_jobs", 1)
-    if jobs > 1:
-        steps += f", {jobs} models at a time in processes of their own"
     utterances = " / ".join(str(n) for n in setup["corpus"]["utterances"].values())
     return [f"# Attention kinds compared on {setup['corpus']['name']}", "",
             f"{setup['date']}, {setup['device']}, torch {setup['torch']}, fastattn {setup['fastattn']}.", "",
