@@ -1,8 +1,10 @@
 """A report's pre-training runs in several processes at once, for CPUs.
 
-A tiny encoder's training step leaves 2 cores partly idle: on a 2-core AMD EPYC, two `tiny`
-runs side by side on one thread each trained 5,700 to 6,000 frames/s each, one run alone on
-two threads 6,200, so together about 1.9 times as fast. Each process trains whole
+A tiny encoder's training step leaves 2 cores partly idle. On a 2-core AMD EPYC virtual
+machine two `tiny` runs side by side, one thread each, trained 5,400 and 5,900 frames/s
+against 10,000 for one run alone on both threads (1.13 times as much in all); in the main job
+an hour earlier the two trained 9,100 and 10,200 each, nearly twice. The gain depends on how
+the host places the two virtual cores; it never measured below 1. Each process trains whole
 runs, writing checkpoints and logs into the report folder as a run alone would; the report
 then finds them finished. A run is the same computation on any number of threads but for the
 order of floating-point sums.
