@@ -11,7 +11,8 @@ import torch
 
 from fastattn.nn import AudioALBERT, AudioALBERTConfig
 from fastattn_train.probes import (ProbeConfig, SplitFeatures, encoder_features, extract, extract_splits,
-                                   input_features, layer_of, mean_pool, run_layer_sweep, run_probes, standardised)
+                                   input_features, layer_of, lr_schedule, mean_pool, run_layer_sweep, run_probes,
+                                   standardised)
 from train_cases import SyntheticSpeech, collate
 
 SMALL = ProbeConfig(hidden_size=32, lr=1e-2, max_epochs=30, patience=5, utterance_batch_size=8, frame_batch_size=256,
@@ -163,10 +164,25 @@ def test_mismatched_labels_and_unknown_tasks_are_named():
 
 
 @pytest.mark.parametrize("field, value", [("max_epochs", 0), ("patience", -1), ("hidden_size", 2.5),
-                                          ("frame_batch_size", 0), ("lr", 0.0)])
+                                          ("frame_batch_size", 0), ("lr", 0.0), ("decay", "cosine")])
 def test_probe_settings_that_cannot_train_are_refused(field, value):
     with pytest.raises(ValueError, match=f"ProbeConfig.{field} must be"):
         ProbeConfig(**{field: value})
+
+
+@pytest.mark.parametrize("decay", ["linear", "constant"])
+def test_probe_learning_rate_falls_linearly_to_zero_at_the_last_epoch_or_stays(decay):
+    config = dataclasses.replace(SMALL, lr=0.5, max_epochs=3, decay=decay)
+    optimizer = torch.optim.Adam([torch.nn.Parameter(torch.zeros(1))], lr=config.lr)
+    schedule = lr_schedule(optimizer, config, steps_per_epoch=4)
+    rates = []
+    for _ in range(12):  # 3 epochs of 4 steps
+        rates.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        schedule.step()
+    expected = [0.5 * (1 - step / 12) for step in range(12)] if decay == "linear" else [0.5] * 12
+    assert rates == pytest.approx(expected)
+    assert optimizer.param_groups[0]["lr"] == pytest.approx(0.0 if decay == "linear" else 0.5)
 
 
 def test_windowed_extraction_feeds_pieces_of_at_most_the_window():

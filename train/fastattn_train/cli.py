@@ -208,6 +208,8 @@ def _report_parser(commands) -> None:
                         help=f"most epochs per probe (default {probes.max_epochs}; the probe command's is 50)")
     parser.add_argument("--probe-patience", type=int, default=probes.patience,
                         help=f"epochs without a better dev accuracy before a probe stops (default {probes.patience})")
+    parser.add_argument("--probe-lr", type=float, default=probes.lr,
+                        help=f"the probes' peak Adam learning rate, decayed linearly to 0 (default {probes.lr})")
     parser.add_argument("--hidden", type=int, default=probes.hidden_size,
                         help=f"width of the phoneme probes' hidden layers (default {probes.hidden_size})")
     parser.add_argument("--timing-length", type=int, default=500, help="T of the Table 1 timing (default 500)")
@@ -226,7 +228,7 @@ def _run_report(args) -> None:
     from fastattn_train.report import ReportSettings, cpu_probes, parse_kinds, run_report
 
     probes = dataclasses.replace(cpu_probes(), max_epochs=args.probe_epochs, patience=args.probe_patience,
-                                 hidden_size=args.hidden)
+                                 lr=args.probe_lr, hidden_size=args.hidden)
     settings = ReportSettings(out=args.out, kinds=parse_kinds(args.kinds), corpus=args.corpus, config=args.config,
                               overrides=args.overrides, steps=args.steps, seeds=args.seeds, probes=probes,
                               timing_length=args.timing_length, timing_batch=args.timing_batch,
