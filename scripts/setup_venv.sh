@@ -15,7 +15,9 @@ torch_spec="${FASTATTN_TORCH:-torch==2.13.0}"
 if [ ! -x "$venv/bin/python" ]; then
   python3 -m venv "$venv" >&2
 fi
-pip=("$venv/bin/python" -m pip --disable-pip-version-check -q)
+# --no-compile: byte-compiling every installed module (torch's thousands) took 40 of the 70 s
+# of the install on 2 cores; Python compiles the few a run imports on first use instead.
+pip=("$venv/bin/python" -m pip --disable-pip-version-check -q --no-compile)
 # The build tools, then the test and train extras of pyproject.toml.
 "${pip[@]}" install "$torch_spec" numpy scikit-build-core ninja pytest hypothesis \
   librosa soundfile soxr espeakng-loader==0.2.4 pyyaml scikit-learn matplotlib >&2
