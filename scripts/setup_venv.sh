@@ -17,10 +17,10 @@ if [ ! -x "$venv/bin/python" ]; then
 fi
 # --no-compile: byte-compiling every installed module (torch's thousands) took 40 of the 70 s
 # of the install on 2 cores; Python compiles the few a run imports on first use instead.
-pip=("$venv/bin/python" -m pip --disable-pip-version-check -q --no-compile)
+install=("$venv/bin/python" -m pip --disable-pip-version-check -q install --no-compile)
 # The build tools, then the test and train extras of pyproject.toml.
-"${pip[@]}" install "$torch_spec" numpy scikit-build-core ninja pytest hypothesis \
+"${install[@]}" "$torch_spec" numpy scikit-build-core ninja pytest hypothesis \
   librosa soundfile soxr espeakng-loader==0.2.4 pyyaml scikit-learn matplotlib >&2
 # --no-build-isolation: build against the torch above, the one that will load the library.
-"${pip[@]}" install --no-build-isolation --no-deps --force-reinstall "$root" >&2
+"${install[@]}" --no-build-isolation --no-deps --force-reinstall "$root" >&2
 echo "$venv"
