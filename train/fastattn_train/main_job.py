@@ -2,7 +2,8 @@
 attention on the bundled eSpeak NG corpus, probe them and the log-mel features with the
 paper's four probes, time them, and print the report: the `fastattn report` of those two
 kinds on the default corpus, with the probes' epochs capped (fastattn_train.report.cpu_probes):
-about 20 minutes on 2 CPU cores, 12 of them probing (docs/main_job.md).
+about 15 minutes on 2 CPU cores, half of them probing (16.4 measured on a slow hour:
+docs/main_job.md).
 
 Everything lands in one working folder (the report folder, see `fastattn report --help`) and
 is reused when it is there, so a rerun, or a run that was interrupted, picks up where it
@@ -17,7 +18,7 @@ from pathlib import Path
 from fastattn_train.report import ReportSettings, run_report
 from fastattn_train.report.summary import markdown
 
-STEPS = 800  # pre-training steps per model: the tiny config's, about 5 minutes for both on 2 cores
+STEPS = 800  # pre-training steps per model: the tiny config's, about 4 minutes for both on 2 cores
 
 
 def run(out: Path, kinds: list[str], *, steps: int = STEPS) -> dict:
