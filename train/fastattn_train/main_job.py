@@ -2,8 +2,8 @@
 attention on the bundled eSpeak NG corpus, probe them and the log-mel features with the
 paper's four probes, time them, and print the report: the `fastattn report` of those two
 kinds on the default corpus, with the probes' epochs capped (fastattn_train.report.cpu_probes):
-about 15 minutes on 2 CPU cores, half of them probing (16.4 measured on a slow hour:
-docs/main_job.md).
+15.6 to 16.4 minutes on 2 CPU cores from a fresh clone, setup included, half of them
+probing (docs/main_job.md).
 
 Everything lands in one working folder (the report folder, see `fastattn report --help`) and
 is reused when it is there, so a rerun, or a run that was interrupted, picks up where it

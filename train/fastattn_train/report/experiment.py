@@ -67,7 +67,7 @@ UNRELATED_TO_RESULTS = ("max_steps", "out_dir", "progress", "num_workers", "log_
 
 def cpu_probes() -> ProbeConfig:
     """The probes a CPU report runs by default: the paper's, with at most 4 epochs (patience 2)
-    at a peak learning rate of 5e-3 decayed to 0, so that a row takes about 1.5 minutes on 2
+    at a peak learning rate of 5e-3 decayed to 0, so that a row takes under 2 minutes on 2
     cores; pass ProbeConfig() for the full schedule. On one tiny model these 4 epochs beat 8
     at a constant 1e-3 on every probe (test accuracy 0.767 / 0.677 / 0.873 / 0.917 against
     0.708 / 0.663 / 0.858 / 0.901) in half the time, and 5 epochs from 3e-3 on three of
@@ -422,8 +422,8 @@ def setup(settings: ReportSettings, base, corpus: Path, splits, runs: dict[str, 
         "seeds": settings.seeds,
         "kinds": list(settings.kinds),
         "probes": f"at most {probes.max_epochs} epochs, patience {probes.patience}, phoneme hidden size "
-                  f"{probes.hidden_size}, Adam lr {probes.lr} ({probes.decay}), batches of {probes.utterance_batch_size} utterances "
-                  f"or {probes.frame_batch_size} frames",
+                  f"{probes.hidden_size}, Adam lr {probes.lr} ({probes.decay}), batches of "
+                  f"{probes.utterance_batch_size} utterances or {probes.frame_batch_size} frames",
         "timing": {"length": settings.timing_length, "batch": settings.timing_batch or base.batch_size,
                    "reps": settings.timing_reps, "warmup": TIMING_WARMUP},
         "map_utterances": min(MAP_UTTERANCES, len(splits[2])),
